@@ -1,0 +1,96 @@
+// tokenmeter-aggregator: one shard of the metering and quota plane. main() only parses flags,
+// starts the server and waits for SIGTERM / SIGINT, then drains and exits.
+#include <signal.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "services/aggregator/server.h"
+#include "services/common/clock.h"
+#include "services/common/log.h"
+
+namespace {
+
+using tokenmeter::aggregator::ServerOptions;
+
+// Seconds-valued flag helper: CLI11 parses doubles, we keep absl::Duration in options.
+void AddDuration(CLI::App& app, const std::string& name, absl::Duration* target,
+                 const std::string& help) {
+  app.add_option_function<double>(
+         name, [target](double seconds) { *target = absl::Seconds(seconds); }, help)
+      ->default_str(absl::StrCat(absl::ToDoubleSeconds(*target)))
+      ->check(CLI::PositiveNumber);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ServerOptions options;
+  CLI::App app{"tokenmeter-aggregator: a shard of the tokenmeter usage-metering and quota plane"};
+  std::string durability = "sync";
+  double drain_seconds = 10;
+  app.add_option("--listen", options.listen, "gRPC listen address (host:port; port 0 = any)")
+      ->capture_default_str();
+  app.add_option("--data-dir", options.data_dir, "RocksDB directory of this shard")->required();
+  app.add_option("--shard-index", options.shard.index, "index of this shard, 0-based")
+      ->capture_default_str();
+  app.add_option("--shard-count", options.shard.count, "number of shards in the cluster")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--policy-file", options.policy_file,
+                 "YAML policies and prices, hot-reloaded (optional)");
+  AddDuration(app, "--policy-poll-seconds", &options.policy_poll_interval,
+              "how often the policy file is checked for changes");
+  app.add_option("--durability", durability,
+                 "sync: ack after the WAL is fsynced (group-committed); process-crash-safe: ack "
+                 "after the WAL is written to the OS (survives kill -9, not power loss)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"sync", "process-crash-safe"}));
+  app.add_option("--max-disk-bytes", options.max_disk_bytes,
+                 "SST disk budget; writes fail with RESOURCE_EXHAUSTED past it (0 = none)")
+      ->capture_default_str();
+  app.add_option("--max-batch-events", options.ingest.max_events_per_batch,
+                 "most events in one ingest batch")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  AddDuration(app, "--dedup-window-seconds", &options.ingest.dedup_window,
+              "how long event ids are remembered for deduplication");
+  app.add_option("--max-message-bytes", options.max_message_bytes, "largest gRPC message")
+      ->capture_default_str()
+      ->check(CLI::Range(1024, 64 << 20));
+  app.add_option("--workers", options.workers, "threads for unary RPCs")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  app.add_option("--drain-seconds", drain_seconds, "grace period for open calls on SIGTERM")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  options.durability = durability == "sync" ? tokenmeter::storage::Durability::kSync
+                                            : tokenmeter::storage::Durability::kProcessCrashSafe;
+  options.quota.limits = options.ingest.event_limits;
+  tokenmeter::common::InitLog(absl::StrCat("aggregator-", options.shard.index),
+                              tokenmeter::common::LogLevel::kInfo);
+
+  // Block the stop signals in every thread; main() waits for them synchronously.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  auto server = tokenmeter::aggregator::AggregatorServer::Start(
+      options, tokenmeter::common::RealClock::Get());
+  if (!server.ok()) {
+    tokenmeter::common::Log(tokenmeter::common::LogLevel::kError, "cannot start shard",
+                            {{"error", server.status().ToString()}});
+    return 1;
+  }
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  tokenmeter::common::Log(tokenmeter::common::LogLevel::kInfo, "draining",
+                          {{"signal", absl::StrCat(signal_number)}});
+  (*server)->Shutdown(absl::Seconds(drain_seconds));
+  return 0;
+}
