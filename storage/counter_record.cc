@@ -48,15 +48,15 @@ bool CounterAddOperator::Merge(const rocksdb::Slice& key, const rocksdb::Slice* 
                                const rocksdb::Slice& value, std::string* new_value,
                                rocksdb::Logger* logger) const {
   CounterRecord sum;
-  if (existing_value != nullptr &&
-      !CounterRecord::Decode(existing_value->ToStringView(), &sum)) {
-    rocksdb::Log(rocksdb::InfoLogLevel::ERROR_LEVEL, logger, "%s: malformed base value of %zu bytes", kName,
-                    existing_value->size());
+  if (existing_value != nullptr && !CounterRecord::Decode(existing_value->ToStringView(), &sum)) {
+    rocksdb::Log(rocksdb::InfoLogLevel::ERROR_LEVEL, logger,
+                 "%s: malformed base value of %zu bytes", kName, existing_value->size());
     return false;
   }
   CounterRecord operand;
   if (!CounterRecord::Decode(value.ToStringView(), &operand)) {
-    rocksdb::Log(rocksdb::InfoLogLevel::ERROR_LEVEL, logger, "%s: malformed operand of %zu bytes", kName, value.size());
+    rocksdb::Log(rocksdb::InfoLogLevel::ERROR_LEVEL, logger, "%s: malformed operand of %zu bytes",
+                 kName, value.size());
     return false;
   }
   if (!sum.Add(operand)) {

@@ -200,8 +200,8 @@ absl::StatusOr<std::unique_ptr<Store>> OpenRocksStore(const StoreOptions& option
   cfs.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
-  const rocksdb::Status s = rocksdb::DB::Open(DbOptions(options, sst_manager), options.path, cfs,
-                                              &handles, &raw);
+  const rocksdb::Status s =
+      rocksdb::DB::Open(DbOptions(options, sst_manager), options.path, cfs, &handles, &raw);
   if (!s.ok()) return FromRocksStatus(s, absl::StrCat("open ", options.path));
   std::unique_ptr<rocksdb::DB> db(raw);
   db->DestroyColumnFamilyHandle(handles.back());

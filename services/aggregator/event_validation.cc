@@ -68,15 +68,16 @@ absl::Status ValidateRequestScope(const RequestScope& scope, std::string_view fi
 absl::Status ValidateEvent(const Event& e, const EventLimits& limits, absl::Time now,
                            std::string* reason) {
   absl::Status st;
-  if (Failed(st = common::ValidateId(IdKind::kEventId, "event_id", e.event_id),
-             "invalid_event_id", reason)) {
+  if (Failed(st = common::ValidateId(IdKind::kEventId, "event_id", e.event_id), "invalid_event_id",
+             reason)) {
     return st;
   }
   if (!(st = CheckScope(e.scope, "", reason)).ok()) return st;
   if (e.scope.provider.empty() || e.scope.model.empty()) {
-    if (reason != nullptr) *reason = e.scope.provider.empty() ? "invalid_provider" : "invalid_model";
-    return absl::InvalidArgumentError(
-        e.scope.provider.empty() ? "provider: required" : "model: required");
+    if (reason != nullptr)
+      *reason = e.scope.provider.empty() ? "invalid_provider" : "invalid_model";
+    return absl::InvalidArgumentError(e.scope.provider.empty() ? "provider: required"
+                                                               : "model: required");
   }
   if (Failed(st = common::ValidateOptionalId(IdKind::kApplication, "application", e.application),
              "invalid_application", reason)) {

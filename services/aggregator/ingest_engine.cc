@@ -70,8 +70,8 @@ IngestResult IngestEngine::Group::CheckBatch(const IngestBatchInput& batch) {
   IngestResult r;
   r.seq = batch.seq;
   r.outcome = IngestOutcome::kInvalid;
-  if (absl::Status s = common::ValidateId(common::IdKind::kProducerId, "producer_id",
-                                          batch.producer_id);
+  if (absl::Status s =
+          common::ValidateId(common::IdKind::kProducerId, "producer_id", batch.producer_id);
       !s.ok()) {
     r.detail = std::string(s.message());
     return r;
@@ -140,8 +140,7 @@ absl::Status IngestEngine::Group::AddEvents(const IngestBatchInput& batch, Inges
   std::vector<std::string> keys;
   for (const Event& e : batch.events) {
     std::string reason;
-    if (absl::Status s = ValidateEvent(e, engine_->options_.event_limits, now_, &reason);
-        !s.ok()) {
+    if (absl::Status s = ValidateEvent(e, engine_->options_.event_limits, now_, &reason); !s.ok()) {
       AddDeadLetter(batch, e, reason, s);
       ++result->rejected_events;
       continue;
@@ -240,9 +239,8 @@ void IngestEngine::ApplyLoop() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](IngestEngine* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) {
-            return e->stopping_ || !e->queue_.empty();
-          },
+          +[](IngestEngine* e)
+               ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) { return e->stopping_ || !e->queue_.empty(); },
           this));
       if (queue_.empty()) return;  // Stopping and drained.
       size_t events = 0;
@@ -273,7 +271,12 @@ void IngestEngine::ApplyGroup(std::vector<Pending> pending) {
     IngestResult& r = results[i];
     if (!written.ok() && r.outcome != IngestOutcome::kInvalid &&
         r.outcome != IngestOutcome::kNotOwner) {
-      r = IngestResult{r.seq, IngestOutcome::kUnavailable, 0, 0, 0, 0,
+      r = IngestResult{r.seq,
+                       IngestOutcome::kUnavailable,
+                       0,
+                       0,
+                       0,
+                       0,
                        absl::StrCat("not durable, resend: ", written.message())};
     }
     counters_.batches.fetch_add(1, std::memory_order_relaxed);

@@ -38,11 +38,29 @@ IngestBatchInput FromProto(const v1::IngestBatch& batch) {
   return input;
 }
 
+}  // namespace
+
 // Lifetime: deletes itself in OnDone, which gRPC calls only after Finish; Finish is called
 // only when no engine callback is outstanding, so callbacks never see a dead reactor.
-class IngestReactor final : public grpc::ServerBidiReactor<v1::IngestBatch, v1::IngestAck> {
+class IngestService::Reactor final
+    : public grpc::ServerBidiReactor<v1::IngestBatch, v1::IngestAck> {
  public:
-  explicit IngestReactor(IngestEngine* engine) : engine_(engine) { StartRead(&batch_); }
+  Reactor(IngestService* service, bool draining)
+      : service_(service), engine_(service->engine_), draining_(draining) {
+    absl::MutexLock lock(&mu_);
+    if (draining_) {
+      finished_ = true;
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "shard draining"));
+      return;
+    }
+    StartRead(&batch_);
+  }
+
+  void Drain() {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+    MaybeFinishLocked();
+  }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
@@ -56,7 +74,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::IngestBatch, v1::
     {
       absl::MutexLock lock(&mu_);
       ++in_flight_;
-      read_more = in_flight_ < IngestService::kWindow;
+      read_more = in_flight_ < IngestService::kWindow && !draining_;
       read_paused_ = !read_more;
     }
     engine_->Submit(std::move(input), [this](IngestResult r) { OnApplied(std::move(r)); });
@@ -76,7 +94,13 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::IngestBatch, v1::
     }
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&service_->mu_);
+      service_->reactors_.erase(this);
+    }
+    delete this;
+  }
 
  private:
   void OnApplied(IngestResult r) {
@@ -96,7 +120,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::IngestBatch, v1::
         StartWrite(&acks_.front());
       }
     }
-    if (read_paused_ && !reads_done_) {
+    if (read_paused_ && !reads_done_ && !draining_) {
       read_paused_ = false;
       StartRead(&batch_);
     }
@@ -105,12 +129,18 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::IngestBatch, v1::
 
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_ || in_flight_ > 0 || writing_) return;
-    if (!reads_done_ && !broken_) return;
-    if (broken_ && !reads_done_) return;  // Wait for the pending read to fail.
+    if (draining_) {
+      // A pending read completes (not ok) once the call is finished.
+      finished_ = true;
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "shard draining"));
+      return;
+    }
+    if (!reads_done_) return;  // Also when broken: wait for the pending read to fail.
     finished_ = true;
     Finish(grpc::Status::OK);
   }
 
+  IngestService* const service_;
   IngestEngine* const engine_;
   v1::IngestBatch batch_;
   absl::Mutex mu_;
@@ -121,13 +151,21 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::IngestBatch, v1::
   bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_);
 };
-
-}  // namespace
 
 grpc::ServerBidiReactor<v1::IngestBatch, v1::IngestAck>* IngestService::Ingest(
     grpc::CallbackServerContext* context) {
-  return new IngestReactor(engine_);
+  absl::MutexLock lock(&mu_);
+  auto* reactor = new Reactor(this, draining_);
+  reactors_.insert(reactor);
+  return reactor;
+}
+
+void IngestService::Drain() {
+  absl::MutexLock lock(&mu_);  // Held: no reactor can finish its OnDone meanwhile.
+  draining_ = true;
+  for (Reactor* r : reactors_) r->Drain();
 }
 
 }  // namespace tokenmeter::aggregator

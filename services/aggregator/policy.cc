@@ -38,11 +38,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <limits>
 #include <optional>
 #include <utility>
 
-#include "absl/base/thread_annotations.h"
+#include "absl/base/attributes.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
@@ -284,18 +283,20 @@ absl::Status ConfigParser::ReadMap(const YAML::Node& node, const std::string& pa
                                    absl::Span<const absl::string_view> allowed, Fields* out) {
   if (!node.IsMap()) return Error(node, path, "must be a mapping");
   out->clear();
-  for (auto it = node.begin(); it != node.end(); ++it) {
-    const YAML::Node& key = it->first;
+  // yaml-cpp iterators yield each key/value pair by value; `it->first` would dangle.
+  for (const auto& entry : node) {
+    const YAML::Node& key = entry.first;
+    const YAML::Node& value = entry.second;
     const std::string name = key.IsScalar() ? key.Scalar() : "?";
     const std::string field = Child(path, name);
     if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
       return Error(key, field,
                    absl::StrCat("unknown key (want ", absl::StrJoin(allowed, "|"), ")"));
     }
-    if (!out->emplace(name, it->second).second) {
+    if (!out->emplace(name, value).second) {
       return FileError(file_name_, LineOf(key), absl::StrCat(field, ": repeated key"));
     }
-    lines_[field] = it->second.IsNull() ? LineOf(key) : LineOf(it->second);
+    lines_[field] = value.IsNull() ? LineOf(key) : LineOf(value);
   }
   return absl::OkStatus();
 }
@@ -642,7 +643,7 @@ bool MatchSelector(const Selector& selector, const RequestScope& request,
 // Serializes the loads (and on_load calls) of every watcher, so that a callback never receives
 // an older configuration after a newer one when ReloadNow() races the polling thread. A
 // separate lock from mu_ lets callbacks call last_error() and the counters. Loads are rare.
-ABSL_CONST_INIT absl::Mutex g_load_mu(absl::kConstInit);
+ABSL_CONST_INIT absl::Mutex watcher_load_mu(absl::kConstInit);
 
 // Identifies one version of a file by device, inode, size and modification time (ns), or names
 // the stat() error. Any difference means "reload".
@@ -771,7 +772,7 @@ absl::Status PolicyFileWatcher::Start() {
 }
 
 absl::Status PolicyFileWatcher::ReloadNow() {
-  absl::MutexLock load_lock(&g_load_mu);
+  absl::MutexLock load_lock(&watcher_load_mu);
   // Stat before reading: a change made during the read then shows up at the next poll.
   std::string fingerprint = FileFingerprint(path_);
   absl::StatusOr<ConfigFile> config = LoadConfigFile(path_);

@@ -88,7 +88,8 @@ absl::Status PolicyRegistry::UpsertOverride(Policy policy) {
   if (absl::Status s = store_->Write(writes); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   auto& list = overrides_[policy.selector.tenant];
-  auto it = std::find_if(list.begin(), list.end(), [&](const Policy& p) { return p.id == policy.id; });
+  auto it =
+      std::find_if(list.begin(), list.end(), [&](const Policy& p) { return p.id == policy.id; });
   if (it != list.end()) {
     *it = std::move(policy);
   } else {

@@ -61,8 +61,7 @@ class PolicyRegistry {
   absl::flat_hash_map<std::string, std::vector<Policy>> overrides_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::shared_ptr<const std::vector<Policy>>> cache_
       ABSL_GUARDED_BY(mu_);
-  std::shared_ptr<const PriceTable> prices_ ABSL_GUARDED_BY(mu_) =
-      std::make_shared<PriceTable>();
+  std::shared_ptr<const PriceTable> prices_ ABSL_GUARDED_BY(mu_) = std::make_shared<PriceTable>();
   std::shared_ptr<const std::vector<absl::TimeZone>> zones_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> zone_names_ ABSL_GUARDED_BY(mu_);
 };

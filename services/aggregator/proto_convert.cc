@@ -100,19 +100,37 @@ namespace {
 absl::StatusOr<Limit> LimitFromProto(const v1::Limit& p, int index) {
   Limit l;
   switch (p.metric()) {
-    case v1::METRIC_INPUT_TOKENS: l.metric = Metric::kInputTokens; break;
-    case v1::METRIC_OUTPUT_TOKENS: l.metric = Metric::kOutputTokens; break;
-    case v1::METRIC_TOTAL_TOKENS: l.metric = Metric::kTotalTokens; break;
-    case v1::METRIC_REQUESTS: l.metric = Metric::kRequests; break;
-    case v1::METRIC_COST_MICRO_USD: l.metric = Metric::kCostMicroUsd; break;
+    case v1::METRIC_INPUT_TOKENS:
+      l.metric = Metric::kInputTokens;
+      break;
+    case v1::METRIC_OUTPUT_TOKENS:
+      l.metric = Metric::kOutputTokens;
+      break;
+    case v1::METRIC_TOTAL_TOKENS:
+      l.metric = Metric::kTotalTokens;
+      break;
+    case v1::METRIC_REQUESTS:
+      l.metric = Metric::kRequests;
+      break;
+    case v1::METRIC_COST_MICRO_USD:
+      l.metric = Metric::kCostMicroUsd;
+      break;
     default:
       return absl::InvalidArgumentError(absl::StrFormat("limits[%d].metric: required", index));
   }
   switch (p.window()) {
-    case v1::WINDOW_MINUTE: l.window = WindowKind::kMinute; break;
-    case v1::WINDOW_HOUR: l.window = WindowKind::kHour; break;
-    case v1::WINDOW_DAY: l.window = WindowKind::kDay; break;
-    case v1::WINDOW_MONTH: l.window = WindowKind::kMonth; break;
+    case v1::WINDOW_MINUTE:
+      l.window = WindowKind::kMinute;
+      break;
+    case v1::WINDOW_HOUR:
+      l.window = WindowKind::kHour;
+      break;
+    case v1::WINDOW_DAY:
+      l.window = WindowKind::kDay;
+      break;
+    case v1::WINDOW_MONTH:
+      l.window = WindowKind::kMonth;
+      break;
     default:
       return absl::InvalidArgumentError(absl::StrFormat("limits[%d].window: required", index));
   }
@@ -222,7 +240,8 @@ void DecisionToProto(const Decision& d, v1::QuotaDecision* p) {
   p->set_result(d.allowed ? v1::QuotaDecision::ALLOWED : v1::QuotaDecision::DENIED);
   p->set_shadow_denied(d.shadow_denied);
   p->set_retry_after_ms(static_cast<uint64_t>(absl::ToInt64Milliseconds(d.retry_after)));
-  if (d.expires_at != absl::InfinitePast()) p->set_expires_at_unix_ms(absl::ToUnixMillis(d.expires_at));
+  if (d.expires_at != absl::InfinitePast())
+    p->set_expires_at_unix_ms(absl::ToUnixMillis(d.expires_at));
   for (const LimitState& l : d.limits) {
     v1::LimitStatus* s = p->add_limits();
     s->set_policy_id(l.policy_id);

@@ -43,8 +43,7 @@ storage::Granularity GranularityOf(WindowKind w) {
 absl::Duration MinuteRetryAfter(const std::vector<std::pair<absl::Time, uint64_t>>& buckets,
                                 uint64_t used, uint64_t others, uint64_t limit, absl::Time now) {
   if (others > limit) return absl::ZeroDuration();  // Cannot fit while reservations hold it.
-  const absl::Duration leave_after =
-      absl::Seconds(kSubBucketSeconds * kSlidingMinuteBuckets);
+  const absl::Duration leave_after = absl::Seconds(kSubBucketSeconds * kSlidingMinuteBuckets);
   for (const auto& [start, value] : buckets) {
     used -= std::min(used, value);
     if (used <= limit - others) return std::max(absl::ZeroDuration(), start + leave_after - now);
@@ -76,8 +75,8 @@ QuotaEngine::Stripe& QuotaEngine::StripeFor(const std::string& tenant) {
   return stripes_[common::Hash64(tenant) % stripes_.size()];
 }
 
-CounterRecord QuotaEngine::PriceUsage(const RequestScope& scope,
-                                                      const TokenCounts& tokens, bool* priced) {
+CounterRecord QuotaEngine::PriceUsage(const RequestScope& scope, const TokenCounts& tokens,
+                                      bool* priced) {
   const auto prices = registry_->Prices();
   const ModelPrice* price = prices->Find(scope.provider, scope.model);
   *priced = price != nullptr;
@@ -93,39 +92,40 @@ absl::StatusOr<Decision> QuotaEngine::EvaluateLocked(Stripe& stripe, const Reque
   for (const MatchedLimit& m : matched) {
     if (m.limit.metric == Metric::kCostMicroUsd && request[storage::kUnpricedRequests] != 0) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "no price for provider \"", scope.provider, "\" model \"", scope.model,
-          "\": policy \"", m.policy->id, "\" limits cost; add the model to the price table"));
+          "no price for provider \"", scope.provider, "\" model \"", scope.model, "\": policy \"",
+          m.policy->id, "\" limits cost; add the model to the price table"));
     }
     if (m.policy->on_expiry == ExpiryAction::kCommitEstimate) *commit_on_expiry = true;
     absl::TimeZone tz;
     if (!absl::LoadTimeZone(m.policy->time_zone, &tz)) {
       return absl::InternalError(absl::StrCat("time zone ", m.policy->time_zone, " vanished"));
     }
-    LimitState l{m.policy->id, storage::ScopeToString(m.counter_scope), m.limit.metric, m.limit.window,
+    LimitState l{m.policy->id,   storage::ScopeToString(m.counter_scope),
+                 m.limit.metric, m.limit.window,
                  m.policy->mode, m.limit.amount};
     const storage::Granularity g = GranularityOf(m.limit.window);
     std::vector<std::pair<absl::Time, uint64_t>> buckets;
     if (m.limit.window == WindowKind::kMinute) {
       const SubBucketRange range = SlidingMinuteBuckets(now);
-      const absl::Status s = store_->Scan(
-          storage::Cf::kCounters,
-          storage::CounterKey(m.counter_scope, g, absl::ToUnixSeconds(range.first)),
-          storage::CounterKey(m.counter_scope, g,
-                              absl::ToUnixSeconds(range.last) + kSubBucketSeconds),
-          [&](std::string_view key, std::string_view value) {
-            CounterRecord r;
-            const auto decoded = storage::DecodeCounterKey(key);
-            if (!decoded || !CounterRecord::Decode(value, &r)) return true;
-            buckets.emplace_back(absl::FromUnixSeconds(decoded->window_start),
-                                 MetricValue(r, l.metric));
-            l.used += buckets.back().second;
-            return true;
-          });
+      const absl::Status s =
+          store_->Scan(storage::Cf::kCounters,
+                       storage::CounterKey(m.counter_scope, g, absl::ToUnixSeconds(range.first)),
+                       storage::CounterKey(m.counter_scope, g,
+                                           absl::ToUnixSeconds(range.last) + kSubBucketSeconds),
+                       [&](std::string_view key, std::string_view value) {
+                         CounterRecord r;
+                         const auto decoded = storage::DecodeCounterKey(key);
+                         if (!decoded || !CounterRecord::Decode(value, &r)) return true;
+                         buckets.emplace_back(absl::FromUnixSeconds(decoded->window_start),
+                                              MetricValue(r, l.metric));
+                         l.used += buckets.back().second;
+                         return true;
+                       });
       if (!s.ok()) return s;
     } else {
       const absl::Time start = CalendarWindowStart(m.limit.window, now, tz);
-      auto r = store_->GetCounter(storage::CounterKey(m.counter_scope, g,
-                                                      absl::ToUnixSeconds(start)));
+      auto r =
+          store_->GetCounter(storage::CounterKey(m.counter_scope, g, absl::ToUnixSeconds(start)));
       if (!r.ok()) return r.status();
       l.used = MetricValue(*r, l.metric);
     }
@@ -139,10 +139,10 @@ absl::StatusOr<Decision> QuotaEngine::EvaluateLocked(Stripe& stripe, const Reque
       if ((taken + l.requested) * 100 >= static_cast<uint64_t>(w) * l.limit) l.warn_percent = w;
     }
     if (l.exceeded) {
-      l.retry_after = m.limit.window == WindowKind::kMinute
-                          ? MinuteRetryAfter(buckets, l.used, l.outstanding + l.requested,
-                                             l.limit, now)
-                          : CalendarWindowEnd(m.limit.window, now, tz) - now;
+      l.retry_after =
+          m.limit.window == WindowKind::kMinute
+              ? MinuteRetryAfter(buckets, l.used, l.outstanding + l.requested, l.limit, now)
+              : CalendarWindowEnd(m.limit.window, now, tz) - now;
       if (l.mode == Mode::kEnforce) {
         d.allowed = false;
         d.retry_after = std::max(d.retry_after, l.retry_after);
@@ -237,16 +237,17 @@ absl::StatusOr<std::optional<ReservationRecord>> LoadRecord(storage::Store* stor
   if (!value.ok()) return value.status();
   if (!value->has_value()) return std::optional<ReservationRecord>();
   ReservationRecord record;
-  if ((*value)->size() < 8 || !record.ParseFromArray((*value)->data() + 8,
-                                                     static_cast<int>((*value)->size() - 8))) {
+  if ((*value)->size() < 8 ||
+      !record.ParseFromArray((*value)->data() + 8, static_cast<int>((*value)->size() - 8))) {
     return absl::DataLossError(absl::StrCat("unparsable reservation ", id));
   }
   return std::optional<ReservationRecord>(std::move(record));
 }
 
 absl::Status UnknownReservation(const std::string& tenant, const std::string& id) {
-  return absl::NotFoundError(absl::StrCat("reservation \"", id, "\" of tenant \"", tenant,
-                                          "\" is unknown (never reserved, or closed too long ago)"));
+  return absl::NotFoundError(
+      absl::StrCat("reservation \"", id, "\" of tenant \"", tenant,
+                   "\" is unknown (never reserved, or closed too long ago)"));
 }
 
 }  // namespace
@@ -261,8 +262,8 @@ absl::StatusOr<Decision> QuotaEngine::Reserve(const std::string& reservation_id,
   }
   if (ttl == absl::ZeroDuration()) ttl = options_.default_ttl;
   if (ttl < absl::Milliseconds(1) || ttl > options_.max_ttl) {
-    return absl::InvalidArgumentError(absl::StrCat("ttl_ms: must be 1..",
-                                                   absl::ToInt64Milliseconds(options_.max_ttl)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ttl_ms: must be 1..", absl::ToInt64Milliseconds(options_.max_ttl)));
   }
   if (absl::Status s = shard_.CheckOwner(scope.tenant); !s.ok()) return s;
   const std::string key = StripeKey(scope.tenant, reservation_id);
@@ -340,8 +341,8 @@ absl::Status QuotaEngine::CloseOpen(const std::string& tenant, const std::string
                                : ReservationRecord::EXPIRED_RELEASED;
     if (r.commit_on_expiry) usage = r.held;
   }
-  const absl::Status written = WriteReservation(r, state, now + options_.closed_retention,
-                                                usage ? &*usage : nullptr, now);
+  const absl::Status written =
+      WriteReservation(r, state, now + options_.closed_retention, usage ? &*usage : nullptr, now);
   absl::MutexLock lock(&stripe.mu);
   if (!written.ok()) {
     stripe.open[key].pending = false;

@@ -82,8 +82,7 @@ class QuotaEngine {
                                    const TokenCounts& estimate, absl::Duration ttl);
 
   // Records `actual` and releases the hold. NotFound if the reservation is unknown.
-  absl::StatusOr<CommitOutcome> Commit(const std::string& tenant,
-                                       const std::string& reservation_id,
+  absl::StatusOr<CommitOutcome> Commit(const std::string& tenant, const std::string& reservation_id,
                                        const TokenCounts& actual);
 
   // Releases the hold. Returns whether the reservation was open. NotFound if unknown.
@@ -112,8 +111,7 @@ class QuotaEngine {
   struct Stripe {
     absl::Mutex mu;
     absl::flat_hash_map<std::string, Reservation> open ABSL_GUARDED_BY(mu);
-    absl::flat_hash_map<storage::ScopeKey, storage::CounterRecord> outstanding
-        ABSL_GUARDED_BY(mu);
+    absl::flat_hash_map<storage::ScopeKey, storage::CounterRecord> outstanding ABSL_GUARDED_BY(mu);
     std::set<std::pair<absl::Time, std::string>> by_expiry ABSL_GUARDED_BY(mu);
   };
   enum class CloseKind { kCommit, kRelease, kExpire };

@@ -61,10 +61,10 @@ uint64_t MetricValue(const CounterRecord& r, Metric metric) {
 
 void RollupAccumulator::Add(const RequestScope& scope, absl::Time at, const CounterRecord& delta) {
   const int64_t bucket = absl::ToUnixSeconds(SubBucketStart(at));
-  std::string key = absl::StrCat(scope.tenant, std::string(1, '\0'), scope.team,
-                                 std::string(1, '\0'), scope.user, std::string(1, '\0'),
-                                 scope.api_key, std::string(1, '\0'), scope.model,
-                                 std::string(1, '\0'), bucket);
+  std::string key =
+      absl::StrCat(scope.tenant, std::string(1, '\0'), scope.team, std::string(1, '\0'), scope.user,
+                   std::string(1, '\0'), scope.api_key, std::string(1, '\0'), scope.model,
+                   std::string(1, '\0'), bucket);
   auto [it, inserted] = by_scope_bucket_.try_emplace(std::move(key));
   if (inserted) {
     it->second.scope = scope;
@@ -83,12 +83,14 @@ void RollupAccumulator::AppendTo(storage::WriteSet* writes) const {
     if (windows.empty()) {
       const absl::Time t = absl::FromUnixSeconds(entry.bucket);
       windows.emplace_back(Granularity::kTenSeconds, entry.bucket);
-      const std::pair<WindowKind, Granularity> kinds[] = {{WindowKind::kHour, Granularity::kHour},
-                                                          {WindowKind::kDay, Granularity::kDay},
-                                                          {WindowKind::kMonth, Granularity::kMonth}};
+      const std::pair<WindowKind, Granularity> kinds[] = {
+          {WindowKind::kHour, Granularity::kHour},
+          {WindowKind::kDay, Granularity::kDay},
+          {WindowKind::kMonth, Granularity::kMonth}};
       for (const absl::TimeZone& tz : *zones_) {
         for (const auto& [kind, g] : kinds) {
-          std::pair<Granularity, int64_t> w{g, absl::ToUnixSeconds(CalendarWindowStart(kind, t, tz))};
+          std::pair<Granularity, int64_t> w{g,
+                                            absl::ToUnixSeconds(CalendarWindowStart(kind, t, tz))};
           // Zones with the same window start share the bucket: count it once.
           if (std::find(windows.begin(), windows.end(), w) == windows.end()) windows.push_back(w);
         }

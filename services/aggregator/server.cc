@@ -56,6 +56,10 @@ absl::Status AggregatorServer::Init(const ServerOptions& options, common::Clock*
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  // Sidecars ping every 2 s to notice silent network loss; allow it without data in flight.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder.RegisterService(ingest_service_.get());
   builder.RegisterService(quota_service_.get());
   builder.RegisterService(usage_service_.get());
@@ -64,9 +68,8 @@ absl::Status AggregatorServer::Init(const ServerOptions& options, common::Clock*
   if (server_ == nullptr || port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
   }
-  expiry_thread_ = std::thread([this, interval = options.expiry_interval] {
-    ExpiryLoop(interval);
-  });
+  expiry_thread_ =
+      std::thread([this, interval = options.expiry_interval] { ExpiryLoop(interval); });
   common::Log(common::LogLevel::kInfo, "shard serving",
               {{"listen", options.listen},
                {"port", absl::StrCat(port_)},
@@ -89,6 +92,7 @@ void AggregatorServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
   if (server_) {
+    ingest_service_->Drain();
     server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace));
     server_->Wait();
   }

@@ -21,9 +21,9 @@ struct ShardIdentity {
   absl::Status CheckOwner(std::string_view tenant) const {
     const int32_t owner = common::OwnerShard(tenant, count);
     if (owner == index) return absl::OkStatus();
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "tenant \"%s\" is owned by shard %d of %d, not shard %d", std::string(tenant), owner,
-        count, index));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("tenant \"%s\" is owned by shard %d of %d, not shard %d",
+                        std::string(tenant), owner, count, index));
   }
 };
 

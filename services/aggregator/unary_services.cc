@@ -11,12 +11,11 @@ namespace {
 
 // Runs `fn` (returning absl::Status, filling the response) on the pool, then finishes the call.
 template <typename Fn>
-grpc::ServerUnaryReactor* RunOnPool(grpc::CallbackServerContext* context,
-                                    common::WorkerPool* pool, Fn fn) {
+grpc::ServerUnaryReactor* RunOnPool(grpc::CallbackServerContext* context, common::WorkerPool* pool,
+                                    Fn fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  pool->Submit([reactor, fn = std::move(fn)]() mutable {
-    reactor->Finish(common::ToGrpcStatus(fn()));
-  });
+  pool->Submit(
+      [reactor, fn = std::move(fn)]() mutable { reactor->Finish(common::ToGrpcStatus(fn())); });
   return reactor;
 }
 
@@ -42,6 +41,20 @@ absl::StatusOr<storage::Granularity> GranularityFromProto(v1::Granularity g) {
     default:
       return absl::InvalidArgumentError("granularity: required");
   }
+}
+
+absl::Duration NominalWindow(storage::Granularity g) {
+  switch (g) {
+    case storage::Granularity::kTenSeconds:
+      return absl::Seconds(10);
+    case storage::Granularity::kHour:
+      return absl::Hours(1);
+    case storage::Granularity::kDay:
+      return absl::Hours(24);
+    case storage::Granularity::kMonth:
+      return absl::Hours(24 * 31);
+  }
+  return absl::Hours(1);
 }
 
 Metric RankMetric(v1::Metric m) {
@@ -86,9 +99,9 @@ grpc::ServerUnaryReactor* QuotaService::Reserve(grpc::CallbackServerContext* con
                                                 const v1::ReserveRequest* request,
                                                 v1::QuotaDecision* response) {
   return RunOnPool(context, pool_, [=, this] {
-    auto d = engine_->Reserve(request->reservation_id(), FromProto(request->scope()),
-                              FromProto(request->estimate()),
-                              absl::Milliseconds(request->ttl_ms()));
+    auto d =
+        engine_->Reserve(request->reservation_id(), FromProto(request->scope()),
+                         FromProto(request->estimate()), absl::Milliseconds(request->ttl_ms()));
     if (d.ok()) DecisionToProto(*d, response);
     return d.status();
   });
@@ -98,8 +111,8 @@ grpc::ServerUnaryReactor* QuotaService::Commit(grpc::CallbackServerContext* cont
                                                const v1::CommitRequest* request,
                                                v1::CommitResponse* response) {
   return RunOnPool(context, pool_, [=, this] {
-    auto outcome = engine_->Commit(request->tenant(), request->reservation_id(),
-                                   FromProto(request->actual()));
+    auto outcome =
+        engine_->Commit(request->tenant(), request->reservation_id(), FromProto(request->actual()));
     if (!outcome.ok()) return outcome.status();
     response->set_reservation_was_open(outcome->reservation_was_open);
     response->set_duplicate(outcome->duplicate);
@@ -126,8 +139,10 @@ grpc::ServerUnaryReactor* UsageService::GetUsage(grpc::CallbackServerContext* co
     if (!g.ok()) return g.status();
     const v1::Scope& s = request->scope();
     const storage::ScopeKey scope{s.tenant(), s.team(), s.user(), s.api_key(), s.model()};
-    auto points = reader_->GetUsage(scope, *g, TimeOr(request->from(), absl::UnixEpoch()),
-                                    TimeOr(request->to(), absl::Now()), request->time_zone());
+    // Defaults: up to now (inclusive of the current window), the last 100 windows.
+    const absl::Time to = TimeOr(request->to(), absl::Now() + absl::Seconds(1));
+    const absl::Time from = TimeOr(request->from(), to - 100 * NominalWindow(*g));
+    auto points = reader_->GetUsage(scope, *g, from, to, request->time_zone());
     if (!points.ok()) return points.status();
     for (const UsagePoint& p : *points) {
       v1::UsagePoint* out = response->add_points();
@@ -146,17 +161,26 @@ grpc::ServerUnaryReactor* UsageService::TopSpenders(grpc::CallbackServerContext*
     if (!g.ok()) return g.status();
     SpenderLevel level;
     switch (request->level()) {
-      case v1::LEVEL_TEAM: level = SpenderLevel::kTeam; break;
-      case v1::LEVEL_USER: level = SpenderLevel::kUser; break;
-      case v1::LEVEL_API_KEY: level = SpenderLevel::kApiKey; break;
-      case v1::LEVEL_MODEL: level = SpenderLevel::kModel; break;
-      default: return absl::InvalidArgumentError("level: required");
+      case v1::LEVEL_TEAM:
+        level = SpenderLevel::kTeam;
+        break;
+      case v1::LEVEL_USER:
+        level = SpenderLevel::kUser;
+        break;
+      case v1::LEVEL_API_KEY:
+        level = SpenderLevel::kApiKey;
+        break;
+      case v1::LEVEL_MODEL:
+        level = SpenderLevel::kModel;
+        break;
+      default:
+        return absl::InvalidArgumentError("level: required");
     }
     absl::Time window_start;
-    auto spenders = reader_->TopSpenders(
-        request->tenant(), level, RankMetric(request->metric()), *g,
-        TimeOr(request->at(), absl::Now()), request->time_zone(),
-        request->limit() == 0 ? 10 : request->limit(), &window_start);
+    auto spenders =
+        reader_->TopSpenders(request->tenant(), level, RankMetric(request->metric()), *g,
+                             TimeOr(request->at(), absl::Now()), request->time_zone(),
+                             request->limit() == 0 ? 10 : request->limit(), &window_start);
     if (!spenders.ok()) return spenders.status();
     SetTimestamp(window_start, response->mutable_window_start());
     for (const Spender& sp : *spenders) {

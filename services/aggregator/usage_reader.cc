@@ -47,8 +47,9 @@ absl::Status ValidateScopeKey(const storage::ScopeKey& s) {
     return st;
   }
   if ((s.team.empty() && !s.user.empty()) || (s.user.empty() && !s.api_key.empty())) {
-    return absl::InvalidArgumentError("scope: levels must be contiguous (user needs team, "
-                                      "api_key needs user)");
+    return absl::InvalidArgumentError(
+        "scope: levels must be contiguous (user needs team, "
+        "api_key needs user)");
   }
   absl::Status st = common::ValidateOptionalId(IdKind::kTeam, "scope.team", s.team);
   if (st.ok()) st = common::ValidateOptionalId(IdKind::kUser, "scope.user", s.user);
@@ -129,12 +130,11 @@ absl::StatusOr<std::vector<Spender>> UsageReader::TopSpenders(
   const std::string prefix =
       level == SpenderLevel::kModel
           ? storage::CounterLevelPrefix(tenant, storage::Level::kTenant, true)
-          : storage::CounterLevelPrefix(
-                tenant,
-                level == SpenderLevel::kTeam   ? storage::Level::kTeam
-                : level == SpenderLevel::kUser ? storage::Level::kUser
-                                               : storage::Level::kApiKey,
-                false);
+          : storage::CounterLevelPrefix(tenant,
+                                        level == SpenderLevel::kTeam   ? storage::Level::kTeam
+                                        : level == SpenderLevel::kUser ? storage::Level::kUser
+                                                                       : storage::Level::kApiKey,
+                                        false);
   std::vector<Spender> all;
   absl::Status s = store_->Scan(storage::Cf::kCounters, prefix, "", [&](auto key, auto value) {
     const auto decoded = storage::DecodeCounterKey(key);
@@ -157,20 +157,19 @@ absl::StatusOr<std::vector<Spender>> UsageReader::TopSpenders(
 absl::StatusOr<std::vector<v1::DeadLetter>> UsageReader::ListDeadLetters(const std::string& tenant,
                                                                          size_t limit) {
   std::deque<v1::DeadLetter> newest;
-  absl::Status s = store_->Scan(storage::Cf::kDeadLetters, "", std::string(17, '\xff'),
-                                [&](auto, auto value) {
-                                  v1::DeadLetter letter;
-                                  if (!letter.ParseFromArray(value.data(),
-                                                             static_cast<int>(value.size()))) {
-                                    return true;
-                                  }
-                                  if (!tenant.empty() && letter.event().tenant() != tenant) {
-                                    return true;
-                                  }
-                                  newest.push_front(std::move(letter));
-                                  if (newest.size() > limit) newest.pop_back();
-                                  return true;
-                                });
+  absl::Status s =
+      store_->Scan(storage::Cf::kDeadLetters, "", std::string(17, '\xff'), [&](auto, auto value) {
+        v1::DeadLetter letter;
+        if (!letter.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+          return true;
+        }
+        if (!tenant.empty() && letter.event().tenant() != tenant) {
+          return true;
+        }
+        newest.push_front(std::move(letter));
+        if (newest.size() > limit) newest.pop_back();
+        return true;
+      });
   if (!s.ok()) return s;
   return std::vector<v1::DeadLetter>(newest.begin(), newest.end());
 }

@@ -47,8 +47,7 @@ class CounterAddOperatorTest : public ::testing::Test {
   bool Merge(const std::string* existing, const std::string& operand, std::string* out) {
     rocksdb::Slice existing_slice;
     if (existing != nullptr) existing_slice = *existing;
-    return op_.Merge("key", existing != nullptr ? &existing_slice : nullptr, operand, out,
-                     nullptr);
+    return op_.Merge("key", existing != nullptr ? &existing_slice : nullptr, operand, out, nullptr);
   }
   CounterAddOperator op_;
 };

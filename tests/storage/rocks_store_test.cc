@@ -123,16 +123,22 @@ TEST_F(RocksStoreTest, ScanHonoursPrefixAndLimit) {
   for (const char* k : {"a1", "a2", "a3", "b1"}) w.Put(Cf::kMeta, k, k);
   ASSERT_TRUE(store_->Write(w).ok());
   std::string seen;
-  ASSERT_TRUE(store_->Scan(Cf::kMeta, "a", "", [&](auto key, auto) {
-                      seen += std::string(key) + ",";
-                      return true;
-                    }).ok());
+  ASSERT_TRUE(store_
+                  ->Scan(Cf::kMeta, "a", "",
+                         [&](auto key, auto) {
+                           seen += std::string(key) + ",";
+                           return true;
+                         })
+                  .ok());
   EXPECT_EQ(seen, "a1,a2,a3,");
   seen.clear();
-  ASSERT_TRUE(store_->Scan(Cf::kMeta, "a2", "b1", [&](auto key, auto) {
-                      seen += std::string(key) + ",";
-                      return true;
-                    }).ok());
+  ASSERT_TRUE(store_
+                  ->Scan(Cf::kMeta, "a2", "b1",
+                         [&](auto key, auto) {
+                           seen += std::string(key) + ",";
+                           return true;
+                         })
+                  .ok());
   EXPECT_EQ(seen, "a2,a3,");
 }
 

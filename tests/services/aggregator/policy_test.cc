@@ -5,8 +5,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <ostream>
 #include <functional>
+#include <ostream>
 #include <string>
 #include <system_error>
 #include <utility>

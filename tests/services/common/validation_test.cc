@@ -29,7 +29,7 @@ TEST(ValidationTest, RejectsBytesOutsideTheCharsetWithTheirOffset) {
   EXPECT_NE(std::string(s.message()).find("0x20 at offset 2"), std::string::npos) << s;
   EXPECT_FALSE(ValidateId(IdKind::kTenant, "tenant", std::string("a\0b", 3)).ok());
   EXPECT_FALSE(ValidateId(IdKind::kTenant, "tenant", "caf\xc3\xa9").ok());
-  EXPECT_FALSE(ValidateId(IdKind::kTeam, "team", "a/b").ok());   // '/' only in models, ids.
+  EXPECT_FALSE(ValidateId(IdKind::kTeam, "team", "a/b").ok());  // '/' only in models, ids.
   EXPECT_FALSE(ValidateId(IdKind::kProvider, "provider", "OpenAI").ok());  // Lower case only.
 }
 

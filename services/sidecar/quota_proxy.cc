@@ -1,0 +1,245 @@
+#include "services/sidecar/quota_proxy.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "services/aggregator/proto_convert.h"
+#include "services/common/log.h"
+#include "tokenmeter/v1/admin.grpc.pb.h"
+
+namespace tokenmeter::sidecar {
+namespace {
+
+// Errors that mean "the shard did not answer", as opposed to an answer that says no.
+bool Unreachable(const grpc::Status& s) {
+  return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+         s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
+std::shared_ptr<grpc::ClientContext> ContextWithDeadline(absl::Duration d) {
+  auto context = std::make_shared<grpc::ClientContext>();
+  context->set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(d));
+  return context;
+}
+
+}  // namespace
+
+PolicyCache::PolicyCache(const ShardChannels* shards, aggregator::FailureMode default_mode,
+                         absl::Duration refresh_interval)
+    : shards_(shards),
+      default_mode_(default_mode),
+      refresh_interval_(refresh_interval),
+      thread_([this] { RefreshLoop(); }) {}
+
+PolicyCache::~PolicyCache() {
+  stop_.Notify();
+  thread_.join();
+}
+
+aggregator::FailureMode PolicyCache::ModeFor(const aggregator::RequestScope& scope) {
+  std::shared_ptr<const std::vector<aggregator::Policy>> policies;
+  {
+    absl::MutexLock lock(&mu_);
+    auto [it, inserted] = policies_.try_emplace(scope.tenant, nullptr);
+    policies = it->second;  // nullptr until the refresh thread fetched them.
+  }
+  if (policies == nullptr) return default_mode_;
+  for (const aggregator::MatchedLimit& m : aggregator::MatchLimits(*policies, scope)) {
+    if (m.policy->mode == aggregator::Mode::kEnforce &&
+        m.policy->failure_mode == aggregator::FailureMode::kClosed) {
+      return aggregator::FailureMode::kClosed;
+    }
+  }
+  return aggregator::FailureMode::kOpen;
+}
+
+void PolicyCache::Fetch(const std::string& tenant) {
+  v1::AdminService::Stub stub(shards_->channel(shards_->OwnerOf(tenant)));
+  v1::ListPoliciesRequest request;
+  request.set_tenant(tenant);
+  v1::ListPoliciesResponse response;
+  auto context = ContextWithDeadline(absl::Seconds(2));
+  if (!stub.ListPolicies(context.get(), request, &response).ok()) return;  // Keep the old.
+  auto policies = std::make_shared<std::vector<aggregator::Policy>>();
+  for (const v1::Policy& p : response.policies()) {
+    auto policy = aggregator::FromProto(p);
+    if (policy.ok()) policies->push_back(*std::move(policy));
+  }
+  absl::MutexLock lock(&mu_);
+  policies_[tenant] = std::move(policies);
+}
+
+void PolicyCache::RefreshLoop() {
+  absl::Time last_full = absl::Now();
+  while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(200))) {
+    const bool full = absl::Now() - last_full > refresh_interval_;
+    std::vector<std::string> due;
+    {
+      absl::MutexLock lock(&mu_);
+      for (const auto& [tenant, policies] : policies_) {
+        if (full || policies == nullptr) due.push_back(tenant);
+      }
+    }
+    for (const std::string& tenant : due) Fetch(tenant);
+    if (full) last_full = absl::Now();
+  }
+}
+
+QuotaProxy::QuotaProxy(const ShardChannels* shards, LocalQueue* queue, PolicyCache* policies,
+                       common::WorkerPool* pool, absl::Duration deadline)
+    : shards_(shards), queue_(queue), policies_(policies), pool_(pool), deadline_(deadline) {
+  for (int i = 0; i < shards->size(); ++i) {
+    stubs_.push_back(v1::QuotaService::NewStub(shards->channel(i)));
+  }
+}
+
+v1::QuotaService::Stub* QuotaProxy::StubFor(const std::string& tenant, int* shard) {
+  *shard = shards_->OwnerOf(tenant);
+  counters_.forwarded.fetch_add(1, std::memory_order_relaxed);
+  return stubs_[*shard].get();
+}
+
+grpc::Status QuotaProxy::Fallback(const v1::Scope& scope, const grpc::Status& error, int shard,
+                                  v1::QuotaDecision* response) {
+  const aggregator::FailureMode mode = policies_->ModeFor(aggregator::FromProto(scope));
+  response->Clear();
+  const bool open = mode == aggregator::FailureMode::kOpen;
+  response->set_result(open ? v1::QuotaDecision::ALLOWED : v1::QuotaDecision::DENIED);
+  response->set_fallback(true);
+  response->set_fallback_reason(absl::StrCat(
+      "shard ", shard, " (", shards_->target(shard), ") unreachable: ", error.error_message(),
+      "; policy failure mode is ", open ? "open" : "closed"));
+  (open ? counters_.fallback_allowed : counters_.fallback_denied)
+      .fetch_add(1, std::memory_order_relaxed);
+  return grpc::Status::OK;
+}
+
+grpc::ServerUnaryReactor* QuotaProxy::Check(grpc::CallbackServerContext* context,
+                                            const v1::CheckRequest* request,
+                                            v1::QuotaDecision* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  int shard;
+  auto client = ContextWithDeadline(deadline_);
+  StubFor(request->scope().tenant(), &shard)
+      ->async()
+      ->Check(client.get(), request, response, [=, this](grpc::Status s) {
+        (void)client;
+        if (Unreachable(s)) s = Fallback(request->scope(), s, shard, response);
+        reactor->Finish(s);
+      });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* QuotaProxy::Reserve(grpc::CallbackServerContext* context,
+                                              const v1::ReserveRequest* request,
+                                              v1::QuotaDecision* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  int shard;
+  auto client = ContextWithDeadline(deadline_);
+  StubFor(request->scope().tenant(), &shard)
+      ->async()
+      ->Reserve(client.get(), request, response, [=, this](grpc::Status s) {
+        (void)client;
+        if (Unreachable(s)) s = Fallback(request->scope(), s, shard, response);
+        reactor->Finish(s);
+      });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* QuotaProxy::Commit(grpc::CallbackServerContext* context,
+                                             const v1::CommitRequest* request,
+                                             v1::CommitResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  int shard;
+  auto client = ContextWithDeadline(deadline_);
+  StubFor(request->tenant(), &shard)
+      ->async()
+      ->Commit(client.get(), request, response, [=, this](grpc::Status s) {
+        (void)client;
+        if (!Unreachable(s)) {
+          reactor->Finish(s);
+          return;
+        }
+        pool_->Submit([=, this] {  // The deferred write fsyncs: not on a gRPC thread.
+          const absl::Status stored =
+              queue_->AddDeferred(kDeferredCommit, request->SerializeAsString());
+          counters_.deferred.fetch_add(1, std::memory_order_relaxed);
+          response->Clear();
+          response->set_queued(stored.ok());
+          reactor->Finish(stored.ok() ? grpc::Status::OK
+                                      : grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                                     std::string(stored.message())));
+        });
+      });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* QuotaProxy::Release(grpc::CallbackServerContext* context,
+                                              const v1::ReleaseRequest* request,
+                                              v1::ReleaseResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  int shard;
+  auto client = ContextWithDeadline(deadline_);
+  StubFor(request->tenant(), &shard)
+      ->async()
+      ->Release(client.get(), request, response, [=, this](grpc::Status s) {
+        (void)client;
+        if (!Unreachable(s)) {
+          reactor->Finish(s);
+          return;
+        }
+        pool_->Submit([=, this] {
+          const absl::Status stored =
+              queue_->AddDeferred(kDeferredRelease, request->SerializeAsString());
+          counters_.deferred.fetch_add(1, std::memory_order_relaxed);
+          response->Clear();
+          reactor->Finish(stored.ok() ? grpc::Status::OK
+                                      : grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                                     std::string(stored.message())));
+        });
+      });
+  return reactor;
+}
+
+DeferredCallRetrier::DeferredCallRetrier(const ShardChannels* shards, LocalQueue* queue,
+                                         absl::Duration interval)
+    : shards_(shards), queue_(queue), interval_(interval), thread_([this] {
+        while (!stop_.WaitForNotificationWithTimeout(interval_)) RunOnce();
+      }) {}
+
+DeferredCallRetrier::~DeferredCallRetrier() {
+  stop_.Notify();
+  thread_.join();
+}
+
+int DeferredCallRetrier::RunOnce() {
+  auto calls = queue_->ListDeferred(256);
+  if (!calls.ok()) return 0;
+  int done = 0;
+  for (const LocalQueue::Deferred& call : *calls) {
+    grpc::Status s;
+    auto context = ContextWithDeadline(absl::Seconds(2));
+    if (call.kind == kDeferredCommit) {
+      v1::CommitRequest request;
+      request.ParseFromString(call.payload);
+      v1::CommitResponse response;
+      s = v1::QuotaService::NewStub(shards_->channel(shards_->OwnerOf(request.tenant())))
+              ->Commit(context.get(), request, &response);
+    } else {
+      v1::ReleaseRequest request;
+      request.ParseFromString(call.payload);
+      v1::ReleaseResponse response;
+      s = v1::QuotaService::NewStub(shards_->channel(shards_->OwnerOf(request.tenant())))
+              ->Release(context.get(), request, &response);
+    }
+    if (Unreachable(s)) continue;  // Still down: try again later.
+    if (!s.ok()) {
+      common::Log(common::LogLevel::kWarn, "deferred quota call refused by the shard; dropped",
+                  {{"code", absl::StrCat(s.error_code())}, {"error", s.error_message()}});
+    }
+    if (queue_->RemoveDeferred(call.id).ok()) ++done;
+  }
+  return done;
+}
+
+}  // namespace tokenmeter::sidecar
