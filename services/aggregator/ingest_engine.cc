@@ -48,6 +48,8 @@ class IngestEngine::Group {
   IngestResult Process(const IngestBatchInput& batch);
   absl::Status Commit();
   void Publish();  // After a successful Commit: producer states become the engine's.
+  // After a successful Commit: what was counted, into the metrics.
+  void RecordMetrics(AggregatorMetrics* metrics) const;
 
  private:
   IngestResult CheckBatch(const IngestBatchInput& batch);
@@ -64,6 +66,9 @@ class IngestEngine::Group {
   storage::WriteSet writes_;
   absl::flat_hash_map<std::string, ProducerState> producers_;
   absl::flat_hash_set<std::string> taken_ids_;  // Dedup keys counted by this group.
+  absl::flat_hash_map<std::string, uint64_t> rejected_by_reason_;
+  // Usage per metric label set (only when metrics are on).
+  absl::flat_hash_map<std::vector<std::string>, storage::CounterRecord> usage_by_labels_;
 };
 
 IngestResult IngestEngine::Group::CheckBatch(const IngestBatchInput& batch) {
@@ -142,6 +147,7 @@ absl::Status IngestEngine::Group::AddEvents(const IngestBatchInput& batch, Inges
     std::string reason;
     if (absl::Status s = ValidateEvent(e, engine_->options_.event_limits, now_, &reason); !s.ok()) {
       AddDeadLetter(batch, e, reason, s);
+      ++rejected_by_reason_[reason];
       ++result->rejected_events;
       continue;
     }
@@ -166,8 +172,12 @@ absl::Status IngestEngine::Group::AddEvents(const IngestBatchInput& batch, Inges
       continue;
     }
     const Event& e = *fresh[i];
-    rollup_.Add(e.scope, e.occurred_at,
-                UsageRecord(e.tokens, prices_->Find(e.scope.provider, e.scope.model)));
+    const storage::CounterRecord usage =
+        UsageRecord(e.tokens, prices_->Find(e.scope.provider, e.scope.model));
+    rollup_.Add(e.scope, e.occurred_at, usage);
+    if (engine_->metrics_ != nullptr) {
+      usage_by_labels_[engine_->metrics_->UsageLabelValues(e.scope)].Add(usage);
+    }
     writes_.Put(storage::Cf::kDedup, std::move(keys[i]), expiry);
     ++result->applied_events;
   }
@@ -195,6 +205,13 @@ absl::Status IngestEngine::Group::Commit() {
 
 void IngestEngine::Group::Publish() {
   for (auto& [id, state] : producers_) engine_->producers_[id] = state;
+}
+
+void IngestEngine::Group::RecordMetrics(AggregatorMetrics* metrics) const {
+  for (const auto& [reason, n] : rejected_by_reason_) {
+    metrics->ingest_events_rejected.WithLabels({reason}).Inc(static_cast<double>(n));
+  }
+  for (const auto& [labels, usage] : usage_by_labels_) metrics->RecordUsage(labels, usage);
 }
 
 IngestEngine::IngestEngine(storage::Store* store, PolicyRegistry* registry, ShardIdentity shard,
@@ -260,12 +277,19 @@ void IngestEngine::ApplyGroup(std::vector<Pending> pending) {
   std::vector<IngestResult> results;
   results.reserve(pending.size());
   for (const Pending& p : pending) results.push_back(group.Process(p.batch));
+  const absl::Time start = absl::Now();
   const absl::Status written = group.Commit();
   counters_.writes.fetch_add(1, std::memory_order_relaxed);
   if (written.ok()) {
     group.Publish();
+    if (metrics_ != nullptr) group.RecordMetrics(metrics_);
   } else {
     counters_.write_errors.fetch_add(1, std::memory_order_relaxed);
+    if (metrics_ != nullptr) metrics_->storage_write_errors.Inc();
+  }
+  if (metrics_ != nullptr) {
+    metrics_->ingest_apply_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
+    metrics_->ingest_write_batches.Observe(static_cast<double>(pending.size()));
   }
   for (size_t i = 0; i < pending.size(); ++i) {
     IngestResult& r = results[i];
@@ -286,6 +310,14 @@ void IngestEngine::ApplyGroup(std::vector<Pending> pending) {
       counters_.rejected_events.fetch_add(r.rejected_events, std::memory_order_relaxed);
     } else if (r.outcome == IngestOutcome::kDuplicate) {
       counters_.duplicate_batches.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (metrics_ != nullptr) {
+      metrics_->ingest_batches.WithLabels({IngestOutcomeName(r.outcome)}).Inc();
+      metrics_->ingest_bytes.Inc(static_cast<double>(pending[i].batch.wire_bytes));
+      if (r.outcome == IngestOutcome::kApplied) {
+        metrics_->ingest_events_applied.Inc(r.applied_events);
+        metrics_->ingest_events_duplicate.Inc(r.duplicate_events);
+      }
     }
     pending[i].done(std::move(r));
   }

@@ -22,6 +22,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "services/aggregator/aggregator_metrics.h"
 #include "services/aggregator/event_validation.h"
 #include "services/aggregator/model.h"
 #include "services/aggregator/policy_registry.h"
@@ -36,6 +37,7 @@ struct IngestBatchInput {
   uint64_t epoch = 0;
   uint64_t seq = 0;
   std::vector<Event> events;  // Not yet validated.
+  size_t wire_bytes = 0;      // Size of the batch as received (for metrics).
 };
 
 enum class IngestOutcome { kApplied, kDuplicate, kGap, kFenced, kNotOwner, kInvalid, kUnavailable };
@@ -93,6 +95,9 @@ class IngestEngine {
 
   const IngestCounters& counters() const { return counters_; }
 
+  // Records metrics from now on. Call before the first Submit; `metrics` must outlive this.
+  void set_metrics(AggregatorMetrics* metrics) { metrics_ = metrics; }
+
  private:
   struct Pending {
     IngestBatchInput batch;
@@ -114,6 +119,7 @@ class IngestEngine {
   common::Clock* const clock_;
   const IngestOptions options_;
   IngestCounters counters_;
+  AggregatorMetrics* metrics_ = nullptr;
 
   absl::Mutex mu_;
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);

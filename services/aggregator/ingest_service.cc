@@ -33,6 +33,7 @@ IngestBatchInput FromProto(const v1::IngestBatch& batch) {
   input.producer_id = batch.producer_id();
   input.epoch = batch.epoch();
   input.seq = batch.seq();
+  input.wire_bytes = batch.ByteSizeLong();
   input.events.reserve(batch.events_size());
   for (const v1::UsageEvent& e : batch.events()) input.events.push_back(aggregator::FromProto(e));
   return input;

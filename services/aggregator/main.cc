@@ -66,7 +66,23 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 256));
   app.add_option("--drain-seconds", drain_seconds, "grace period for open calls on SIGTERM")
       ->capture_default_str();
+  app.add_option("--metrics-listen", options.metrics_listen,
+                 "host:port serving /metrics, /healthz, /readyz (e.g. 0.0.0.0:9400; \"\" = off)");
+  std::string usage_labels = "tenant,team,model";
+  app.add_option("--usage-metric-labels", usage_labels,
+                 "labels of tokenmeter_usage_* series, from tenant,team,user,api_key,model "
+                 "(user and api_key multiply series: opt in knowingly)")
+      ->capture_default_str();
+  app.add_option("--usage-metric-max-series", options.usage_labels.max_series,
+                 "series cap per usage family; label sets past it are folded into \"other\"")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  auto labels = tokenmeter::aggregator::ParseUsageLabels(usage_labels);
+  if (!labels.ok()) {
+    std::cerr << labels.status().message() << "\n";
+    return 2;
+  }
+  options.usage_labels.labels = *labels;
   options.durability = durability == "sync" ? tokenmeter::storage::Durability::kSync
                                             : tokenmeter::storage::Durability::kProcessCrashSafe;
   options.quota.limits = options.ingest.event_limits;

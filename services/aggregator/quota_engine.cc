@@ -163,12 +163,18 @@ absl::StatusOr<Decision> QuotaEngine::Check(const RequestScope& scope, const Tok
     return s;
   }
   if (absl::Status s = shard_.CheckOwner(scope.tenant); !s.ok()) return s;
+  const absl::Time start = absl::Now();
   bool priced = false;
   const CounterRecord request = PriceUsage(scope, usage, &priced);
   Stripe& stripe = StripeFor(scope.tenant);
   bool unused = false;
-  absl::MutexLock lock(&stripe.mu);
-  return EvaluateLocked(stripe, scope, request, clock_->Now(), &unused);
+  absl::StatusOr<Decision> d;
+  {
+    absl::MutexLock lock(&stripe.mu);
+    d = EvaluateLocked(stripe, scope, request, clock_->Now(), &unused);
+  }
+  RecordDecision("check", d, start);
+  return d;
 }
 
 void QuotaEngine::HoldLocked(Stripe& stripe, Reservation r) {
@@ -255,6 +261,35 @@ absl::Status UnknownReservation(const std::string& tenant, const std::string& id
 absl::StatusOr<Decision> QuotaEngine::Reserve(const std::string& reservation_id,
                                               const RequestScope& scope,
                                               const TokenCounts& estimate, absl::Duration ttl) {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<Decision> d = ReserveInternal(reservation_id, scope, estimate, ttl);
+  RecordDecision("reserve", d, start);
+  return d;
+}
+
+void QuotaEngine::RecordDecision(const char* op, const absl::StatusOr<Decision>& d,
+                                 absl::Time start) {
+  if (metrics_ == nullptr) return;
+  metrics_->quota_decision_seconds.WithLabels({op}).Observe(
+      absl::ToDoubleSeconds(absl::Now() - start));
+  const char* result = !d.ok()            ? "error"
+                       : !d->allowed      ? "denied"
+                       : d->shadow_denied ? "shadow_denied"
+                                          : "allowed";
+  metrics_->quota_decisions.WithLabels({op, result}).Inc();
+}
+
+void QuotaEngine::RecordClose(const char* how, const RequestScope& scope,
+                              const CounterRecord* usage) {
+  if (metrics_ == nullptr) return;
+  metrics_->quota_closed.WithLabels({how}).Inc();
+  if (usage != nullptr) metrics_->RecordUsage(metrics_->UsageLabelValues(scope), *usage);
+}
+
+absl::StatusOr<Decision> QuotaEngine::ReserveInternal(const std::string& reservation_id,
+                                                      const RequestScope& scope,
+                                                      const TokenCounts& estimate,
+                                                      absl::Duration ttl) {
   if (absl::Status s = ValidateRequestScope(scope, "scope."); !s.ok()) return s;
   if (absl::Status s = ValidateReservationRef(scope.tenant, reservation_id); !s.ok()) return s;
   if (absl::Status s = ValidateTokens(estimate, options_.limits, "estimate.", nullptr); !s.ok()) {
@@ -343,12 +378,18 @@ absl::Status QuotaEngine::CloseOpen(const std::string& tenant, const std::string
   }
   const absl::Status written =
       WriteReservation(r, state, now + options_.closed_retention, usage ? &*usage : nullptr, now);
-  absl::MutexLock lock(&stripe.mu);
-  if (!written.ok()) {
-    stripe.open[key].pending = false;
-    return written;
+  {
+    absl::MutexLock lock(&stripe.mu);
+    if (!written.ok()) {
+      stripe.open[key].pending = false;
+      return written;
+    }
+    UnholdLocked(stripe, key);
   }
-  UnholdLocked(stripe, key);
+  RecordClose(kind == CloseKind::kCommit    ? "commit"
+              : kind == CloseKind::kRelease ? "release"
+                                            : "expire",
+              r.scope, usage ? &*usage : nullptr);
   return absl::OkStatus();
 }
 
@@ -391,6 +432,7 @@ absl::StatusOr<CommitOutcome> QuotaEngine::Commit(const std::string& tenant,
       !s.ok()) {
     return s;
   }
+  RecordClose("late_commit", r.scope, &usage);
   counters_.commits.fetch_add(1, std::memory_order_relaxed);
   return CommitOutcome{false, false};
 }

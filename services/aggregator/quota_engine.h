@@ -28,6 +28,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "services/aggregator/aggregator_metrics.h"
 #include "services/aggregator/event_validation.h"
 #include "services/aggregator/model.h"
 #include "services/aggregator/policy_registry.h"
@@ -93,6 +94,9 @@ class QuotaEngine {
   absl::StatusOr<int> ExpireDue();
 
   uint64_t open_reservations() const { return open_count_.load(std::memory_order_relaxed); }
+
+  // Records metrics from now on. Call before serving; `metrics` must outlive this.
+  void set_metrics(AggregatorMetrics* metrics) { metrics_ = metrics; }
   const QuotaCounters& counters() const { return counters_; }
 
  private:
@@ -116,6 +120,9 @@ class QuotaEngine {
   };
   enum class CloseKind { kCommit, kRelease, kExpire };
 
+  absl::StatusOr<Decision> ReserveInternal(const std::string& reservation_id,
+                                           const RequestScope& scope, const TokenCounts& estimate,
+                                           absl::Duration ttl);
   static Reservation NewReservation(std::string tenant, std::string id, RequestScope scope,
                                     TokenCounts estimate);
   Stripe& StripeFor(const std::string& tenant);
@@ -133,6 +140,10 @@ class QuotaEngine {
   // then drops the hold. Returns NotFound if it is not open.
   absl::Status CloseOpen(const std::string& tenant, const std::string& id, CloseKind kind,
                          const TokenCounts* actual);
+  // Counts a decision (and its latency since `start`) in the metrics.
+  void RecordDecision(const char* op, const absl::StatusOr<Decision>& d, absl::Time start);
+  // Counts a closed reservation and the usage it recorded (if any).
+  void RecordClose(const char* how, const RequestScope& scope, const storage::CounterRecord* usage);
   absl::Status WriteReservation(const Reservation& r, int state, absl::Time gc_after,
                                 const storage::CounterRecord* usage, absl::Time usage_at);
 
@@ -144,6 +155,7 @@ class QuotaEngine {
   std::array<Stripe, 64> stripes_;
   std::atomic<uint64_t> open_count_{0};
   QuotaCounters counters_;
+  AggregatorMetrics* metrics_ = nullptr;
 };
 
 }  // namespace tokenmeter::aggregator

@@ -43,6 +43,7 @@ absl::Status AggregatorServer::Init(const ServerOptions& options, common::Clock*
   ingest_ = std::make_unique<IngestEngine>(store_.get(), registry_.get(), options.shard, clock,
                                            options.ingest);
   reader_ = std::make_unique<UsageReader>(store_.get(), registry_.get(), options.shard);
+  if (absl::Status s = StartMetrics(options); !s.ok()) return s;
   pool_ = std::make_unique<common::WorkerPool>(options.workers);
   ingest_service_ = std::make_unique<IngestService>(ingest_.get());
   quota_service_ = std::make_unique<QuotaService>(quota_.get(), pool_.get());
@@ -73,8 +74,43 @@ absl::Status AggregatorServer::Init(const ServerOptions& options, common::Clock*
   common::Log(common::LogLevel::kInfo, "shard serving",
               {{"listen", options.listen},
                {"port", absl::StrCat(port_)},
+               {"metrics_port", absl::StrCat(metrics_port())},
                {"shard", absl::StrCat(options.shard.index, "/", options.shard.count)},
                {"data_dir", options.data_dir}});
+  return absl::OkStatus();
+}
+
+absl::Status AggregatorServer::StartMetrics(const ServerOptions& options) {
+  registry_metrics_ = std::make_unique<common::Registry>();
+  metrics_ = std::make_unique<AggregatorMetrics>(registry_metrics_.get(), options.usage_labels);
+  registry_metrics_
+      ->AddGauge("tokenmeter_build_info", "Build of this process; always 1.",
+                 {"version", "component"})
+      .WithLabels({TOKENMETER_VERSION, "aggregator"})
+      .Set(1);
+  ingest_->set_metrics(metrics_.get());
+  quota_->set_metrics(metrics_.get());
+  registry_metrics_->AddCollector([this] {
+    const storage::StoreStats stats = store_->Stats();
+    metrics_->storage_live_sst_bytes.Set(static_cast<double>(stats.live_sst_bytes));
+    metrics_->storage_memtable_bytes.Set(static_cast<double>(stats.memtable_bytes));
+    metrics_->storage_pending_compaction_bytes.Set(
+        static_cast<double>(stats.pending_compaction_bytes));
+    metrics_->storage_write_stopped.Set(stats.write_stopped ? 1 : 0);
+    metrics_->quota_open_reservations.Set(static_cast<double>(quota_->open_reservations()));
+    metrics_->policy_count.Set(static_cast<double>(registry_->AllPolicies().size()));
+    if (watcher_) {
+      metrics_->policy_reloads_ok.Mirror(static_cast<double>(watcher_->reload_successes()));
+      metrics_->policy_reloads_failed.Mirror(static_cast<double>(watcher_->reload_failures()));
+    }
+  });
+  if (options.metrics_listen.empty()) return absl::OkStatus();
+  auto http = common::HttpServer::Start(options.metrics_listen, registry_metrics_.get(), [this] {
+    return store_->Stats().write_stopped ? std::string("storage stopped writes (stall)")
+                                         : std::string();
+  });
+  if (!http.ok()) return http.status();
+  http_ = *std::move(http);
   return absl::OkStatus();
 }
 
@@ -100,6 +136,7 @@ void AggregatorServer::Shutdown(absl::Duration grace) {
     stop_expiry_.Notify();
     expiry_thread_.join();
   }
+  http_.reset();
   watcher_.reset();
   pool_.reset();
   if (ingest_) ingest_->Stop();

@@ -14,6 +14,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
+#include "services/aggregator/aggregator_metrics.h"
 #include "services/aggregator/ingest_engine.h"
 #include "services/aggregator/ingest_service.h"
 #include "services/aggregator/policy.h"
@@ -23,6 +24,8 @@
 #include "services/aggregator/unary_services.h"
 #include "services/aggregator/usage_reader.h"
 #include "services/common/clock.h"
+#include "services/common/http_server.h"
+#include "services/common/metrics.h"
 #include "services/common/worker_pool.h"
 #include "storage/store.h"
 
@@ -44,6 +47,9 @@ struct ServerOptions {
   int workers = 16;
   int max_message_bytes = 16 << 20;
   absl::Duration expiry_interval = absl::Milliseconds(100);
+  // host:port of /metrics, /healthz, /readyz ("" = no HTTP server; port 0 = any).
+  std::string metrics_listen;
+  UsageLabelOptions usage_labels;
 };
 
 class AggregatorServer {
@@ -54,6 +60,7 @@ class AggregatorServer {
   ~AggregatorServer();  // Shutdown() if not yet done.
 
   int port() const { return port_; }
+  int metrics_port() const { return http_ ? http_->port() : 0; }
 
   // Stops accepting calls, gives open calls and streams `grace` to finish, applies every
   // queued batch, then closes RocksDB cleanly. Idempotent.
@@ -65,8 +72,12 @@ class AggregatorServer {
  private:
   AggregatorServer() = default;
   absl::Status Init(const ServerOptions& options, common::Clock* clock);
+  absl::Status StartMetrics(const ServerOptions& options);
   void ExpiryLoop(absl::Duration interval);
 
+  std::unique_ptr<common::Registry> registry_metrics_;
+  std::unique_ptr<AggregatorMetrics> metrics_;
+  std::unique_ptr<common::HttpServer> http_;
   std::unique_ptr<storage::Store> store_;
   std::unique_ptr<PolicyRegistry> registry_;
   std::unique_ptr<PolicyFileWatcher> watcher_;
