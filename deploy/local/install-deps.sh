@@ -12,6 +12,8 @@ PACKAGES=(
   libyaml-cpp-dev libcli11-dev libcivetweb-dev civetweb
   # run and test
   tzdata redis-server rocksdb-tools python3 python3-grpcio procps
+  # fault tests: network namespaces, nftables, loop-mounted small disks
+  iproute2 nftables e2fsprogs util-linux
 )
 
 missing=()
