@@ -47,6 +47,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 64));
   app.add_option("--drain-seconds", drain_seconds, "grace period for open calls on SIGTERM")
       ->capture_default_str();
+  app.add_option("--metrics-listen", options.metrics_listen,
+                 "host:port serving /metrics, /healthz, /readyz (e.g. 0.0.0.0:9401; \"\" = off)");
   CLI11_PARSE(app, argc, argv);
   tokenmeter::common::InitLog("sidecar", tokenmeter::common::LogLevel::kInfo);
   auto targets = tokenmeter::sidecar::ShardTargets(aggregators, templ, shard_count);

@@ -59,9 +59,25 @@ absl::Status SidecarServer::Init(const SidecarOptions& options) {
         absl::StrCat("cannot listen on ", options.listen, " ", options.unix_socket));
   }
   for (auto& sender : senders_) sender->Start();
+  registry_ = std::make_unique<common::Registry>();
+  registry_
+      ->AddGauge("tokenmeter_build_info", "Build of this process; always 1.",
+                 {"version", "component"})
+      .WithLabels({TOKENMETER_VERSION, "sidecar"})
+      .Set(1);
+  metrics_ = std::make_unique<SidecarMetrics>(registry_.get(), queue_.get(), &senders_,
+                                              quota_.get(), report_.get());
+  if (!options.metrics_listen.empty()) {
+    auto http = common::HttpServer::Start(options.metrics_listen, registry_.get(), [] {
+      return std::string();  // Ready once serving: the queue accepts while shards are down.
+    });
+    if (!http.ok()) return http.status();
+    http_ = *std::move(http);
+  }
   common::Log(common::LogLevel::kInfo, "sidecar serving",
               {{"listen", options.listen},
                {"port", absl::StrCat(port_)},
+               {"metrics_port", absl::StrCat(metrics_port())},
                {"unix_socket", options.unix_socket},
                {"producer_id", queue_->producer_id()},
                {"epoch", absl::StrCat(queue_->epoch())},
@@ -72,6 +88,7 @@ absl::Status SidecarServer::Init(const SidecarOptions& options) {
 void SidecarServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  http_.reset();
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace));
     server_->Wait();

@@ -12,12 +12,14 @@
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "services/aggregator/event_validation.h"
+#include "services/common/http_server.h"
 #include "services/common/worker_pool.h"
 #include "services/sidecar/local_queue.h"
 #include "services/sidecar/quota_proxy.h"
 #include "services/sidecar/report_service.h"
 #include "services/sidecar/shard_channels.h"
 #include "services/sidecar/shard_sender.h"
+#include "services/sidecar/sidecar_metrics.h"
 
 namespace tokenmeter::sidecar {
 
@@ -35,6 +37,8 @@ struct SidecarOptions {
   absl::Duration policy_refresh = absl::Seconds(30);
   int workers = 8;
   aggregator::EventLimits limits;
+  // host:port of /metrics, /healthz, /readyz ("" = off; port 0 = any).
+  std::string metrics_listen;
 };
 
 class SidecarServer {
@@ -43,6 +47,7 @@ class SidecarServer {
   ~SidecarServer();
 
   int port() const { return port_; }
+  int metrics_port() const { return http_ ? http_->port() : 0; }
   LocalQueue* queue() { return queue_.get(); }
   const ShardSender& sender(int shard) const { return *senders_[shard]; }
   const QuotaProxy& quota() const { return *quota_; }
@@ -64,6 +69,9 @@ class SidecarServer {
   std::unique_ptr<QuotaProxy> quota_;
   std::unique_ptr<ReportService> report_;
   std::unique_ptr<DeferredCallRetrier> retrier_;
+  std::unique_ptr<common::Registry> registry_;
+  std::unique_ptr<SidecarMetrics> metrics_;
+  std::unique_ptr<common::HttpServer> http_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   bool shut_down_ = false;
