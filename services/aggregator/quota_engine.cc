@@ -51,6 +51,33 @@ absl::Duration MinuteRetryAfter(const std::vector<std::pair<absl::Time, uint64_t
   return leave_after;
 }
 
+// Reads the sub-buckets of the sliding minute ending at `now` (one MultiGet), oldest first,
+// as (bucket start, value of `metric`). DataLoss if a stored record is malformed.
+absl::StatusOr<std::vector<std::pair<absl::Time, uint64_t>>> ReadMinuteBuckets(
+    storage::Store* store, const ScopeKey& scope, absl::Time now, Metric metric) {
+  const SubBucketRange range = SlidingMinuteBuckets(now);
+  std::vector<std::string> keys;
+  for (absl::Time t = range.first; t <= range.last; t += absl::Seconds(kSubBucketSeconds)) {
+    keys.push_back(
+        storage::CounterKey(scope, storage::Granularity::kTenSeconds, absl::ToUnixSeconds(t)));
+  }
+  std::vector<std::optional<std::string>> values;
+  if (absl::Status s = store->MultiGet(storage::Cf::kCounters, keys, &values); !s.ok()) return s;
+  std::vector<std::pair<absl::Time, uint64_t>> buckets;
+  absl::Time t = range.first;
+  for (const auto& value : values) {
+    if (value.has_value()) {
+      CounterRecord r;
+      if (!CounterRecord::Decode(*value, &r)) {
+        return absl::DataLossError("malformed sub-bucket counter record");
+      }
+      buckets.emplace_back(t, MetricValue(r, metric));
+    }
+    t += absl::Seconds(kSubBucketSeconds);
+  }
+  return buckets;
+}
+
 }  // namespace
 
 QuotaEngine::QuotaEngine(storage::Store* store, PolicyRegistry* registry, ShardIdentity shard,
@@ -106,22 +133,10 @@ absl::StatusOr<Decision> QuotaEngine::EvaluateLocked(Stripe& stripe, const Reque
     const storage::Granularity g = GranularityOf(m.limit.window);
     std::vector<std::pair<absl::Time, uint64_t>> buckets;
     if (m.limit.window == WindowKind::kMinute) {
-      const SubBucketRange range = SlidingMinuteBuckets(now);
-      const absl::Status s =
-          store_->Scan(storage::Cf::kCounters,
-                       storage::CounterKey(m.counter_scope, g, absl::ToUnixSeconds(range.first)),
-                       storage::CounterKey(m.counter_scope, g,
-                                           absl::ToUnixSeconds(range.last) + kSubBucketSeconds),
-                       [&](std::string_view key, std::string_view value) {
-                         CounterRecord r;
-                         const auto decoded = storage::DecodeCounterKey(key);
-                         if (!decoded || !CounterRecord::Decode(value, &r)) return true;
-                         buckets.emplace_back(absl::FromUnixSeconds(decoded->window_start),
-                                              MetricValue(r, l.metric));
-                         l.used += buckets.back().second;
-                         return true;
-                       });
-      if (!s.ok()) return s;
+      auto read = ReadMinuteBuckets(store_, m.counter_scope, now, l.metric);
+      if (!read.ok()) return read.status();
+      buckets = *std::move(read);
+      for (const auto& [start, value] : buckets) l.used += value;
     } else {
       const absl::Time start = CalendarWindowStart(m.limit.window, now, tz);
       auto r =

@@ -9,13 +9,35 @@
 namespace tokenmeter::aggregator {
 namespace {
 
+// Most calls waiting for a worker; past it calls are shed with UNAVAILABLE (retry with backoff)
+// instead of queueing without bound behind an overloaded shard.
+constexpr size_t kMaxQueuedCalls = 4096;
+
 // Runs `fn` (returning absl::Status, filling the response) on the pool, then finishes the call.
+// A call whose client gave up (cancelled, or deadline passed) while it waited is not run: a
+// Reserve nobody waits for would hold budget until its TTL.
 template <typename Fn>
 grpc::ServerUnaryReactor* RunOnPool(grpc::CallbackServerContext* context, common::WorkerPool* pool,
                                     Fn fn) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  pool->Submit(
-      [reactor, fn = std::move(fn)]() mutable { reactor->Finish(common::ToGrpcStatus(fn())); });
+  const bool queued = pool->TrySubmit(
+      [context, reactor, fn = std::move(fn)]() mutable {
+        if (context->IsCancelled()) {
+          reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued"));
+          return;
+        }
+        if (context->deadline() <= std::chrono::system_clock::now()) {
+          reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                       "deadline passed while queued; not executed"));
+          return;
+        }
+        reactor->Finish(common::ToGrpcStatus(fn()));
+      },
+      kMaxQueuedCalls);
+  if (!queued) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                 "shard overloaded: too many calls queued; retry with backoff"));
+  }
   return reactor;
 }
 

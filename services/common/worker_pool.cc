@@ -20,6 +20,13 @@ void WorkerPool::Submit(std::function<void()> work) {
   queue_.push_back(std::move(work));
 }
 
+bool WorkerPool::TrySubmit(std::function<void()> work, size_t max_queued) {
+  absl::MutexLock lock(&mu_);
+  if (queue_.size() >= max_queued) return false;
+  queue_.push_back(std::move(work));
+  return true;
+}
+
 void WorkerPool::Run() {
   for (;;) {
     std::function<void()> work;

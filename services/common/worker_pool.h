@@ -23,6 +23,10 @@ class WorkerPool {
 
   void Submit(std::function<void()> work);
 
+  // Queues `work` unless `max_queued` closures already wait; returns false (and drops `work`)
+  // then, so callers can shed load instead of queueing without bound.
+  bool TrySubmit(std::function<void()> work, size_t max_queued);
+
  private:
   void Run();
 
