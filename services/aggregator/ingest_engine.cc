@@ -42,8 +42,8 @@ class IngestEngine::Group {
       : engine_(engine),
         now_(now),
         prices_(engine->registry_->Prices()),
-        zones_(engine->registry_->Zones()),
-        rollup_(zones_.get()) {}
+        plan_(engine->registry_->Plan()),
+        rollup_(plan_.get()) {}
 
   IngestResult Process(const IngestBatchInput& batch);
   absl::Status Commit();
@@ -61,7 +61,7 @@ class IngestEngine::Group {
   IngestEngine* const engine_;
   const absl::Time now_;
   const std::shared_ptr<const PriceTable> prices_;
-  const std::shared_ptr<const std::vector<absl::TimeZone>> zones_;
+  const std::shared_ptr<const RollupPlan> plan_;
   RollupAccumulator rollup_;
   storage::WriteSet writes_;
   absl::flat_hash_map<std::string, ProducerState> producers_;

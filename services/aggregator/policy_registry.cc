@@ -165,6 +165,11 @@ std::shared_ptr<const std::vector<absl::TimeZone>> PolicyRegistry::Zones() {
   return zones_;
 }
 
+std::shared_ptr<const RollupPlan> PolicyRegistry::Plan() {
+  absl::MutexLock lock(&mu_);
+  return plan_;
+}
+
 bool PolicyRegistry::HasZone(const std::string& zone_name) {
   absl::MutexLock lock(&mu_);
   return std::find(zone_names_.begin(), zone_names_.end(), zone_name) != zone_names_.end();
@@ -189,6 +194,9 @@ void PolicyRegistry::RebuildLocked() {
     // database is skipped rather than counted in the wrong zone.
     if (absl::LoadTimeZone(name, &tz)) zones->push_back(tz);
   }
+  std::vector<Policy> all = file_policies_;
+  for (const auto& [tenant, list] : overrides_) all.insert(all.end(), list.begin(), list.end());
+  plan_ = std::make_shared<const RollupPlan>(RollupPlan::ForPolicies(all, *zones));
   zones_ = std::move(zones);
   zone_names_ = std::move(names);
 }

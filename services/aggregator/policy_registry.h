@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "services/aggregator/policy.h"
 #include "services/aggregator/pricing.h"
+#include "services/aggregator/rollup.h"
 #include "storage/store.h"
 
 namespace tokenmeter::aggregator {
@@ -48,6 +49,9 @@ class PolicyRegistry {
 
   // The time zones whose calendar buckets are kept: UTC plus every policy's zone.
   std::shared_ptr<const std::vector<absl::TimeZone>> Zones();
+  // What ingest and commits write: the baseline plus what the policies read, in Zones().
+  std::shared_ptr<const RollupPlan> Plan();
+
   // Whether calendar buckets are kept for `zone_name`.
   bool HasZone(const std::string& zone_name);
 
@@ -64,6 +68,7 @@ class PolicyRegistry {
   std::shared_ptr<const PriceTable> prices_ ABSL_GUARDED_BY(mu_) = std::make_shared<PriceTable>();
   std::shared_ptr<const std::vector<absl::TimeZone>> zones_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> zone_names_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const RollupPlan> plan_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tokenmeter::aggregator

@@ -233,8 +233,8 @@ absl::Status QuotaEngine::WriteReservation(const Reservation& r, int state, absl
   writes.Put(storage::Cf::kReservations, storage::ReservationKey(r.tenant, r.id),
              storage::EncodeExpiry(gc_after) + record.SerializeAsString());
   if (usage != nullptr) {
-    const auto zones = registry_->Zones();
-    RollupAccumulator rollup(zones.get());
+    const auto plan = registry_->Plan();
+    RollupAccumulator rollup(plan.get());
     rollup.Add(r.scope, usage_at, *usage);
     rollup.AppendTo(&writes);
   }

@@ -59,6 +59,56 @@ uint64_t MetricValue(const CounterRecord& r, Metric metric) {
   return 0;
 }
 
+RollupPlan RollupPlan::Everything(std::vector<absl::TimeZone> zones) {
+  RollupPlan plan;
+  plan.zones_ = std::move(zones);
+  for (auto& by_model : plan.masks_) {
+    for (uint8_t& mask : by_model) mask = 0xff;
+  }
+  return plan;
+}
+
+RollupPlan RollupPlan::ForPolicies(const std::vector<Policy>& policies,
+                                   std::vector<absl::TimeZone> zones) {
+  using storage::Level;
+  RollupPlan plan;
+  plan.zones_ = std::move(zones);
+  for (Granularity g :
+       {Granularity::kTenSeconds, Granularity::kHour, Granularity::kDay, Granularity::kMonth}) {
+    plan.Add(Level::kTenant, false, g);
+  }
+  for (Granularity g : {Granularity::kHour, Granularity::kDay, Granularity::kMonth}) {
+    plan.Add(Level::kTeam, false, g);
+    plan.Add(Level::kTenant, true, g);
+  }
+  for (Granularity g : {Granularity::kDay, Granularity::kMonth}) {
+    plan.Add(Level::kUser, false, g);
+    plan.Add(Level::kApiKey, false, g);
+  }
+  for (const Policy& p : policies) {
+    const storage::ScopeKey shape{p.selector.tenant, p.selector.team, p.selector.user,
+                                  p.selector.api_key, p.selector.model};
+    for (const Limit& l : p.limits) {
+      const Granularity g = l.window == WindowKind::kMinute ? Granularity::kTenSeconds
+                            : l.window == WindowKind::kHour ? Granularity::kHour
+                            : l.window == WindowKind::kDay  ? Granularity::kDay
+                                                            : Granularity::kMonth;
+      plan.Add(storage::LevelOf(shape), !shape.model.empty(), g);
+    }
+  }
+  return plan;
+}
+
+void RollupPlan::Add(storage::Level level, bool with_model, Granularity g) {
+  masks_[static_cast<int>(level)][with_model ? 1 : 0] |= 1 << static_cast<int>(g);
+}
+
+bool RollupPlan::Keeps(const ScopeKey& scope, Granularity g) const {
+  return (masks_[static_cast<int>(storage::LevelOf(scope))][scope.model.empty() ? 0 : 1] >>
+          static_cast<int>(g)) &
+         1;
+}
+
 void RollupAccumulator::Add(const RequestScope& scope, absl::Time at, const CounterRecord& delta) {
   const int64_t bucket = absl::ToUnixSeconds(SubBucketStart(at));
   std::string key =
@@ -87,7 +137,7 @@ void RollupAccumulator::AppendTo(storage::WriteSet* writes) const {
           {WindowKind::kHour, Granularity::kHour},
           {WindowKind::kDay, Granularity::kDay},
           {WindowKind::kMonth, Granularity::kMonth}};
-      for (const absl::TimeZone& tz : *zones_) {
+      for (const absl::TimeZone& tz : plan_->zones()) {
         for (const auto& [kind, g] : kinds) {
           std::pair<Granularity, int64_t> w{g,
                                             absl::ToUnixSeconds(CalendarWindowStart(kind, t, tz))};
@@ -98,7 +148,7 @@ void RollupAccumulator::AppendTo(storage::WriteSet* writes) const {
     }
     for (const ScopeKey& scope : RollupScopes(entry.scope)) {
       for (const auto& [g, start] : windows) {
-        deltas[storage::CounterKey(scope, g, start)].Add(entry.sum);
+        if (plan_->Keeps(scope, g)) deltas[storage::CounterKey(scope, g, start)].Add(entry.sum);
       }
     }
   }

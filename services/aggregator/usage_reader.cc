@@ -27,6 +27,20 @@ WindowKind KindOf(Granularity g) {
   return WindowKind::kDay;
 }
 
+const char* GranularityName(Granularity g) {
+  switch (g) {
+    case Granularity::kTenSeconds:
+      return "10-second";
+    case Granularity::kHour:
+      return "hour";
+    case Granularity::kDay:
+      return "day";
+    case Granularity::kMonth:
+      return "month";
+  }
+  return "unknown";
+}
+
 absl::Duration ShortestWindow(Granularity g) {
   switch (g) {
     case Granularity::kTenSeconds:
@@ -74,6 +88,14 @@ absl::StatusOr<absl::TimeZone> UsageReader::ZoneFor(Granularity g, const std::st
   return tz;
 }
 
+absl::Status UsageReader::CheckKept(const storage::ScopeKey& scope, Granularity g) {
+  if (registry_->Plan()->Keeps(scope, g)) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "granularity: this shard keeps no ", GranularityName(g), " buckets at the level of ",
+      storage::ScopeToString(scope),
+      " (see README, \"Roll-up plan\": kept are the baseline and what policies read)"));
+}
+
 absl::StatusOr<std::vector<UsagePoint>> UsageReader::GetUsage(const storage::ScopeKey& scope,
                                                               Granularity g, absl::Time from,
                                                               absl::Time to,
@@ -87,6 +109,7 @@ absl::StatusOr<std::vector<UsagePoint>> UsageReader::GetUsage(const storage::Sco
     return absl::InvalidArgumentError(
         absl::StrCat("from, to: the range spans more than ", kMaxPoints, " windows"));
   }
+  if (absl::Status s = CheckKept(scope, g); !s.ok()) return s;
   auto tz = ZoneFor(g, time_zone);
   if (!tz.ok()) return tz.status();
   const WindowKind kind = KindOf(g);
@@ -123,6 +146,12 @@ absl::StatusOr<std::vector<Spender>> UsageReader::TopSpenders(
   if (limit == 0 || limit > kMaxSpenders) {
     return absl::InvalidArgumentError(absl::StrCat("limit: must be 1..", kMaxSpenders));
   }
+  const storage::ScopeKey shape =
+      level == SpenderLevel::kTeam     ? storage::ScopeKey{tenant, "t", "", "", ""}
+      : level == SpenderLevel::kUser   ? storage::ScopeKey{tenant, "t", "u", "", ""}
+      : level == SpenderLevel::kApiKey ? storage::ScopeKey{tenant, "t", "u", "k", ""}
+                                       : storage::ScopeKey{tenant, "", "", "", "m"};
+  if (absl::Status s = CheckKept(shape, g); !s.ok()) return s;
   auto tz = ZoneFor(g, time_zone);
   if (!tz.ok()) return tz.status();
   *window_start = CalendarWindowStart(KindOf(g), at, *tz);

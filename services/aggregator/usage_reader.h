@@ -63,6 +63,8 @@ class UsageReader {
 
  private:
   absl::StatusOr<absl::TimeZone> ZoneFor(storage::Granularity g, const std::string& name);
+  // FailedPrecondition if the roll-up plan keeps no `g` buckets at the level of `scope`.
+  absl::Status CheckKept(const storage::ScopeKey& scope, storage::Granularity g);
 
   storage::Store* const store_;
   PolicyRegistry* const registry_;
