@@ -121,7 +121,13 @@ IngestResult IngestEngine::Group::Process(const IngestBatchInput& batch) {
     r.outcome = IngestOutcome::kFenced;
     r.detail = absl::StrCat("epoch ", batch.epoch, " is older than epoch ", state.epoch,
                             " already seen for producer ", batch.producer_id);
-  } else if (batch.seq <= state.watermark) {
+    return r;
+  }
+  // A newer epoch fences older incarnations from now on, whatever this batch's outcome: a
+  // restarted producer's first batches are usually resends answered DUPLICATE.
+  bool changed = batch.epoch > state.epoch;
+  state.epoch = batch.epoch;
+  if (batch.seq <= state.watermark) {
     r.outcome = IngestOutcome::kDuplicate;
   } else if (batch.seq > state.watermark + 1) {
     r.outcome = IngestOutcome::kGap;
@@ -130,8 +136,11 @@ IngestResult IngestEngine::Group::Process(const IngestBatchInput& batch) {
     r.outcome = IngestOutcome::kUnavailable;
     r.detail = std::string(s.message());
   } else {
-    state = {batch.epoch, batch.seq};
+    state.watermark = batch.seq;
     r.expected_seq = batch.seq + 1;
+    changed = true;
+  }
+  if (changed) {
     tokenmeter::storage::v1::ProducerRecord record;
     record.set_epoch(state.epoch);
     record.set_watermark(state.watermark);
@@ -141,29 +150,37 @@ IngestResult IngestEngine::Group::Process(const IngestBatchInput& batch) {
 }
 
 absl::Status IngestEngine::Group::AddEvents(const IngestBatchInput& batch, IngestResult* result) {
+  // Nothing touches the group's state until the dedup read succeeded: a failed batch is
+  // answered UNAVAILABLE and resent, and must leave no dead letters or taken ids behind.
   std::vector<const Event*> fresh;
   std::vector<std::string> keys;
+  std::vector<std::pair<const Event*, std::pair<std::string, absl::Status>>> rejected;
+  absl::flat_hash_set<std::string> batch_ids;
   for (const Event& e : batch.events) {
     std::string reason;
     if (absl::Status s = ValidateEvent(e, engine_->options_.event_limits, now_, &reason); !s.ok()) {
-      AddDeadLetter(batch, e, reason, s);
-      ++rejected_by_reason_[reason];
-      ++result->rejected_events;
+      rejected.push_back({&e, {std::move(reason), std::move(s)}});
       continue;
     }
     std::string key = storage::DedupKey(e.scope.tenant, e.event_id);
-    if (taken_ids_.contains(key)) {
+    if (taken_ids_.contains(key) || !batch_ids.insert(key).second) {
       ++result->duplicate_events;
       continue;
     }
-    taken_ids_.insert(key);
     fresh.push_back(&e);
     keys.push_back(std::move(key));
   }
   std::vector<std::optional<std::string>> stored;
   if (absl::Status s = engine_->store_->MultiGet(storage::Cf::kDedup, keys, &stored); !s.ok()) {
+    result->duplicate_events = 0;
     return s;
   }
+  for (const auto& [event, why] : rejected) {
+    AddDeadLetter(batch, *event, why.first, why.second);
+    ++rejected_by_reason_[why.first];
+    ++result->rejected_events;
+  }
+  taken_ids_.insert(keys.begin(), keys.end());
   const std::string expiry = storage::EncodeExpiry(now_ + engine_->options_.dedup_window);
   for (size_t i = 0; i < fresh.size(); ++i) {
     const auto stored_expiry = stored[i] ? storage::DecodeExpiry(*stored[i]) : std::nullopt;

@@ -322,20 +322,17 @@ absl::StatusOr<Decision> QuotaEngine::ReserveInternal(const std::string& reserva
     auto it = stripe.open.find(key);
     return it == stripe.open.end() || !it->second.pending;
   };
-  {
-    absl::MutexLock lock(&stripe.mu);
-    stripe.mu.Await(absl::Condition(&not_pending));
-    if (auto it = stripe.open.find(key); it != stripe.open.end()) return it->second.decision;
-  }
-  auto closed = LoadRecord(store_, scope.tenant, reservation_id);
-  if (!closed.ok()) return closed.status();
-  if (closed->has_value()) return DecisionFromProto((*closed)->decision());
   Reservation r = NewReservation(scope.tenant, reservation_id, scope, estimate);
   r.held = PriceUsage(scope, estimate, &r.priced);
   {
     absl::MutexLock lock(&stripe.mu);
     stripe.mu.Await(absl::Condition(&not_pending));
     if (auto it = stripe.open.find(key); it != stripe.open.end()) return it->second.decision;
+    // Closed before? Read under the lock: a close writes its record before it drops the hold,
+    // so a reservation that is no longer open is already on disk as closed.
+    auto closed = LoadRecord(store_, scope.tenant, reservation_id);
+    if (!closed.ok()) return closed.status();
+    if (closed->has_value()) return DecisionFromProto((*closed)->decision());
     const absl::Time now = clock_->Now();
     auto d = EvaluateLocked(stripe, scope, r.held, now, &r.commit_on_expiry);
     if (!d.ok()) return d.status();
