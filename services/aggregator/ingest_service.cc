@@ -74,6 +74,9 @@ class IngestService::Reactor final
     bool read_more;
     {
       absl::MutexLock lock(&mu_);
+      // Finished while this read was pending (drain): a read may still complete with data.
+      // Neither apply nor ack it; the producer resends it to the next incarnation.
+      if (finished_) return;
       ++in_flight_;
       read_more = in_flight_ < IngestService::kWindow && !draining_;
       read_paused_ = !read_more;
@@ -131,7 +134,7 @@ class IngestService::Reactor final
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_ || in_flight_ > 0 || writing_) return;
     if (draining_) {
-      // A pending read completes (not ok) once the call is finished.
+      // A pending read completes once the call is finished (OnReadDone ignores its data).
       finished_ = true;
       Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "shard draining"));
       return;

@@ -11,6 +11,7 @@ namespace tokenmeter::aggregator {
 namespace {
 
 constexpr char kPricesKey[] = "prices";
+constexpr size_t kMaxCachedTenants = 100'000;
 
 absl::Status PersistPrices(storage::Store* store, const PriceTable& table) {
   tokenmeter::storage::v1::PriceTableRecord record;
@@ -103,8 +104,9 @@ absl::StatusOr<bool> PolicyRegistry::DeleteOverride(const std::string& tenant,
                                                     const std::string& id) {
   {
     absl::MutexLock lock(&mu_);
-    auto& list = overrides_[tenant];
-    if (std::none_of(list.begin(), list.end(), [&](const Policy& p) { return p.id == id; })) {
+    auto it = overrides_.find(tenant);
+    if (it == overrides_.end() || std::none_of(it->second.begin(), it->second.end(),
+                                               [&](const Policy& p) { return p.id == id; })) {
       return false;
     }
   }
@@ -143,7 +145,9 @@ std::shared_ptr<const std::vector<Policy>> PolicyRegistry::PoliciesFor(const std
   auto ov = overrides_.find(tenant);
   auto policies = std::make_shared<const std::vector<Policy>>(EffectivePolicies(
       file_policies_, ov == overrides_.end() ? std::vector<Policy>() : ov->second, tenant));
-  // Bounded: tenants are validated and owned by this shard; the cache is dropped on change.
+  // Bounded: dropped on every policy change, and when it outgrows kMaxCachedTenants (callers
+  // may name tenants that have no policy at all).
+  if (cache_.size() >= kMaxCachedTenants) cache_.clear();
   cache_.emplace(tenant, policies);
   return policies;
 }

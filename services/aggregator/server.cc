@@ -47,7 +47,7 @@ absl::Status AggregatorServer::Init(const ServerOptions& options, common::Clock*
   pool_ = std::make_unique<common::WorkerPool>(options.workers);
   ingest_service_ = std::make_unique<IngestService>(ingest_.get());
   quota_service_ = std::make_unique<QuotaService>(quota_.get(), pool_.get());
-  usage_service_ = std::make_unique<UsageService>(reader_.get(), pool_.get());
+  usage_service_ = std::make_unique<UsageService>(reader_.get(), pool_.get(), clock);
   admin_service_ = std::make_unique<AdminService>(
       registry_.get(), reader_.get(), options.shard, pool_.get(),
       [this] { return watcher_ ? watcher_->last_error() : std::string(); });

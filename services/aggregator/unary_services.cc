@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "services/aggregator/proto_convert.h"
 #include "services/common/grpc_status.h"
+#include "services/common/validation.h"
 
 namespace tokenmeter::aggregator {
 namespace {
@@ -162,7 +163,7 @@ grpc::ServerUnaryReactor* UsageService::GetUsage(grpc::CallbackServerContext* co
     const v1::Scope& s = request->scope();
     const storage::ScopeKey scope{s.tenant(), s.team(), s.user(), s.api_key(), s.model()};
     // Defaults: up to now (inclusive of the current window), the last 100 windows.
-    const absl::Time to = TimeOr(request->to(), absl::Now() + absl::Seconds(1));
+    const absl::Time to = TimeOr(request->to(), clock_->Now() + absl::Seconds(1));
     const absl::Time from = TimeOr(request->from(), to - 100 * NominalWindow(*g));
     auto points = reader_->GetUsage(scope, *g, from, to, request->time_zone());
     if (!points.ok()) return points.status();
@@ -201,7 +202,7 @@ grpc::ServerUnaryReactor* UsageService::TopSpenders(grpc::CallbackServerContext*
     absl::Time window_start;
     auto spenders =
         reader_->TopSpenders(request->tenant(), level, RankMetric(request->metric()), *g,
-                             TimeOr(request->at(), absl::Now()), request->time_zone(),
+                             TimeOr(request->at(), clock_->Now()), request->time_zone(),
                              request->limit() == 0 ? 10 : request->limit(), &window_start);
     if (!spenders.ok()) return spenders.status();
     SetTimestamp(window_start, response->mutable_window_start());
@@ -237,6 +238,13 @@ grpc::ServerUnaryReactor* AdminService::ListPolicies(grpc::CallbackServerContext
                                                      const v1::ListPoliciesRequest* request,
                                                      v1::ListPoliciesResponse* response) {
   return RunOnPool(context, pool_, [=, this]() -> absl::Status {
+    if (!request->tenant().empty()) {
+      if (absl::Status s = common::ValidateId(common::IdKind::kTenant, "tenant", request->tenant());
+          !s.ok()) {
+        return s;
+      }
+      if (absl::Status s = shard_.CheckOwner(request->tenant()); !s.ok()) return s;
+    }
     const std::vector<Policy> policies = request->tenant().empty()
                                              ? registry_->AllPolicies()
                                              : *registry_->PoliciesFor(request->tenant());

@@ -10,6 +10,7 @@
 #include "services/aggregator/policy_registry.h"
 #include "services/aggregator/quota_engine.h"
 #include "services/aggregator/usage_reader.h"
+#include "services/common/clock.h"
 #include "services/common/worker_pool.h"
 #include "tokenmeter/v1/admin.grpc.pb.h"
 #include "tokenmeter/v1/quota.grpc.pb.h"
@@ -41,7 +42,8 @@ class QuotaService final : public v1::QuotaService::CallbackService {
 
 class UsageService final : public v1::UsageService::CallbackService {
  public:
-  UsageService(UsageReader* reader, common::WorkerPool* pool) : reader_(reader), pool_(pool) {}
+  UsageService(UsageReader* reader, common::WorkerPool* pool, common::Clock* clock)
+      : reader_(reader), pool_(pool), clock_(clock) {}
 
   grpc::ServerUnaryReactor* GetUsage(grpc::CallbackServerContext* context,
                                      const v1::GetUsageRequest* request,
@@ -53,6 +55,7 @@ class UsageService final : public v1::UsageService::CallbackService {
  private:
   UsageReader* const reader_;
   common::WorkerPool* const pool_;
+  common::Clock* const clock_;  // Defaults of `to` and `at`.
 };
 
 class AdminService final : public v1::AdminService::CallbackService {

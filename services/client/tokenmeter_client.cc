@@ -225,7 +225,7 @@ Reservation::Reservation(std::shared_ptr<Connection> connection, std::string id,
       id_(std::move(id)),
       scope_(std::move(scope)),
       decision_(std::move(decision)),
-      holds_(decision_.allowed && !decision_.fallback) {}
+      holds_(decision_.allowed) {}
 
 Reservation::Reservation(Reservation&& other) noexcept
     : connection_(std::move(other.connection_)),
@@ -258,21 +258,6 @@ absl::StatusOr<CommitResult> Reservation::Commit(const TokenCounts& actual) {
         absl::StrCat("reservation ", id_, " was denied: there is nothing to commit"));
   }
   CommitResult result;
-  if (decision_.fallback) {
-    // The shard never saw this reservation and would answer NOT_FOUND: report the usage as an
-    // event, which the sidecar delivers exactly once (by event_id) when the shard is back.
-    const Usage usage{.event_id = id_,
-                      .tenant = scope_.tenant,
-                      .team = scope_.team,
-                      .user = scope_.user,
-                      .api_key = scope_.api_key,
-                      .provider = scope_.provider,
-                      .model = scope_.model,
-                      .tokens = actual};
-    if (absl::Status s = ReportEvents(*connection_, {usage}); !s.ok()) return s;
-    result.reported_as_event = true;
-    return result;
-  }
   v1::CommitRequest request;
   request.set_reservation_id(id_);
   request.set_tenant(scope_.tenant);

@@ -157,10 +157,6 @@ struct CommitResult {
   // The shard was unreachable: the commit is durable in the sidecar's queue and will be
   // delivered when the shard is back.
   bool queued = false;
-  // The reservation was a fallback decision (decision().fallback): the shard never saw it, so
-  // the actual usage was reported as an event instead (event_id = reservation id), which is
-  // counted exactly once.
-  bool reported_as_event = false;
 };
 
 struct ClientOptions {
@@ -201,8 +197,9 @@ class Reservation {
   absl::Duration retry_after() const { return decision_.retry_after; }
   const Decision& decision() const { return decision_; }
   const std::string& id() const { return id_; }
-  // True while budget is held at the shard: allowed, not a fallback, and neither Commit nor
-  // Release has succeeded yet.
+  // True while the reservation is open: allowed (by the shard, or by the sidecar's fallback,
+  // which the sidecar remembers so the Commit still counts), and neither Commit nor Release
+  // has succeeded yet.
   bool holds() const { return holds_; }
 
   // Records the actual usage of the call (it may exceed the estimate: recorded, never

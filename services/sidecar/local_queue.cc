@@ -115,7 +115,7 @@ absl::Status LocalQueue::Load(const QueueOptions& options) {
       next_deferred_ = std::max(next_deferred_, GetBigEndian64(k.data() + 1) + 1);
       continue;
     }
-    if (k.empty() || k[0] == 'm' || k.size() < 5) continue;
+    if (k.empty() || k[0] == 'm' || k[0] == 'r' || k.size() < 5) continue;
     const int shard = ShardOf(k);
     if (shard >= options.shard_count) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -326,6 +326,51 @@ absl::Status LocalQueue::RemoveDeferred(uint64_t id) {
   std::string key = "d";
   PutBigEndian64(&key, id);
   return FromRocksStatus(db_->Delete(rocksdb::WriteOptions(), key), "remove deferred call");
+}
+
+namespace {
+std::string FallbackKey(const std::string& tenant, const std::string& id) {
+  return absl::StrCat("r", tenant, std::string(1, '\0'), id);
+}
+}  // namespace
+
+absl::Status LocalQueue::PutFallbackReservation(const std::string& tenant, const std::string& id,
+                                                const std::string& payload) {
+  rocksdb::WriteOptions sync;
+  sync.sync = true;
+  return FromRocksStatus(
+      db_->Put(sync, FallbackKey(tenant, id),
+               U64(static_cast<uint64_t>(absl::ToUnixMillis(absl::Now()))) + payload),
+      "store fallback reservation");
+}
+
+absl::StatusOr<std::optional<std::string>> LocalQueue::TakeFallbackReservation(
+    const std::string& tenant, const std::string& id) {
+  std::string value;
+  const std::string key = FallbackKey(tenant, id);
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), key, &value);
+  if (s.IsNotFound()) return std::optional<std::string>();
+  if (!s.ok() || value.size() < 8) return FromRocksStatus(s, "read fallback reservation");
+  // Not synced: if the delete is lost, a repeated commit produces the same event_id, which the
+  // shard counts once.
+  if (s = db_->Delete(rocksdb::WriteOptions(), key); !s.ok()) {
+    return FromRocksStatus(s, "delete fallback reservation");
+  }
+  return std::optional<std::string>(value.substr(8));
+}
+
+absl::StatusOr<int> LocalQueue::DropFallbackReservationsBefore(absl::Time cutoff) {
+  int dropped = 0;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek("r"); it->Valid() && it->key().starts_with("r"); it->Next()) {
+    if (it->value().size() < 8) continue;
+    const absl::Time at =
+        absl::FromUnixMillis(static_cast<int64_t>(GetBigEndian64(it->value().data())));
+    if (at >= cutoff) continue;
+    if (db_->Delete(rocksdb::WriteOptions(), it->key()).ok()) ++dropped;
+  }
+  if (!it->status().ok()) return FromRocksStatus(it->status(), "scan fallback reservations");
+  return dropped;
 }
 
 }  // namespace tokenmeter::sidecar

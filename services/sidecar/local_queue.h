@@ -85,6 +85,17 @@ class LocalQueue {
   absl::StatusOr<std::vector<Deferred>> ListDeferred(size_t max);
   absl::Status RemoveDeferred(uint64_t id);
 
+  // Fallback reservations: Reserve calls the failure mode allowed while the owner shard was
+  // unreachable. The shard never saw them, so their Commit is turned into a usage event.
+  // Stores `payload` (a serialized tokenmeter.v1.Scope) durably under (tenant, id).
+  absl::Status PutFallbackReservation(const std::string& tenant, const std::string& id,
+                                      const std::string& payload);
+  // Returns and deletes the payload stored under (tenant, id); nullopt if there is none.
+  absl::StatusOr<std::optional<std::string>> TakeFallbackReservation(const std::string& tenant,
+                                                                     const std::string& id);
+  // Deletes fallback reservations stored before `cutoff` (never committed). Returns how many.
+  absl::StatusOr<int> DropFallbackReservationsBefore(absl::Time cutoff);
+
  private:
   struct BatchInfo {
     uint64_t first = 0;  // Entry sequence numbers, inclusive.

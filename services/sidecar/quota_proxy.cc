@@ -36,6 +36,11 @@ PolicyCache::~PolicyCache() {
   thread_.join();
 }
 
+void PolicyCache::Note(const std::string& tenant) {
+  absl::MutexLock lock(&mu_);
+  policies_.try_emplace(tenant, nullptr);
+}
+
 aggregator::FailureMode PolicyCache::ModeFor(const aggregator::RequestScope& scope) {
   std::shared_ptr<const std::vector<aggregator::Policy>> policies;
   {
@@ -93,6 +98,43 @@ QuotaProxy::QuotaProxy(const ShardChannels* shards, LocalQueue* queue, PolicyCac
   }
 }
 
+std::shared_ptr<grpc::ClientContext> QuotaProxy::ForwardContext(
+    const grpc::CallbackServerContext* caller) {
+  auto context = std::make_shared<grpc::ClientContext>();
+  auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(deadline_);
+  deadline = std::min(deadline, caller->deadline() - std::chrono::milliseconds(5));
+  context->set_deadline(deadline);
+  return context;
+}
+
+absl::Status CommitFallbackReservation(LocalQueue* queue, const ShardChannels* shards,
+                                       const v1::CommitRequest& request, bool* converted) {
+  *converted = false;
+  auto stored = queue->TakeFallbackReservation(request.tenant(), request.reservation_id());
+  if (!stored.ok()) return stored.status();
+  if (!stored->has_value()) return absl::OkStatus();
+  v1::Scope scope;
+  if (!scope.ParseFromString(**stored))
+    return absl::DataLossError("unparsable fallback reservation");
+  v1::UsageEvent event;
+  event.set_event_id(request.reservation_id());
+  event.set_tenant(scope.tenant());
+  event.set_team(scope.team());
+  event.set_user(scope.user());
+  event.set_api_key(scope.api_key());
+  event.set_provider(scope.provider());
+  event.set_model(scope.model());
+  *event.mutable_tokens() = request.actual();
+  event.mutable_occurred_at()->set_seconds(absl::ToUnixSeconds(absl::Now()));
+  if (absl::Status s =
+          queue->Append({{shards->OwnerOf(scope.tenant()), event.SerializeAsString()}});
+      !s.ok()) {
+    return s;
+  }
+  *converted = true;
+  return absl::OkStatus();
+}
+
 v1::QuotaService::Stub* QuotaProxy::StubFor(const std::string& tenant, int* shard) {
   *shard = shards_->OwnerOf(tenant);
   counters_.forwarded.fetch_add(1, std::memory_order_relaxed);
@@ -119,7 +161,8 @@ grpc::ServerUnaryReactor* QuotaProxy::Check(grpc::CallbackServerContext* context
                                             v1::QuotaDecision* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   int shard;
-  auto client = ContextWithDeadline(deadline_);
+  policies_->Note(request->scope().tenant());
+  auto client = ForwardContext(context);
   StubFor(request->scope().tenant(), &shard)
       ->async()
       ->Check(client.get(), request, response, [=, this](grpc::Status s) {
@@ -135,13 +178,30 @@ grpc::ServerUnaryReactor* QuotaProxy::Reserve(grpc::CallbackServerContext* conte
                                               v1::QuotaDecision* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   int shard;
-  auto client = ContextWithDeadline(deadline_);
+  policies_->Note(request->scope().tenant());
+  auto client = ForwardContext(context);
   StubFor(request->scope().tenant(), &shard)
       ->async()
       ->Reserve(client.get(), request, response, [=, this](grpc::Status s) {
         (void)client;
-        if (Unreachable(s)) s = Fallback(request->scope(), s, shard, response);
-        reactor->Finish(s);
+        if (!Unreachable(s)) {
+          reactor->Finish(s);
+          return;
+        }
+        s = Fallback(request->scope(), s, shard, response);
+        if (response->result() != v1::QuotaDecision::ALLOWED) {
+          reactor->Finish(s);
+          return;
+        }
+        // Allowed without the shard: remember it durably so its Commit still counts.
+        pool_->Submit([=, this] {
+          const absl::Status stored =
+              queue_->PutFallbackReservation(request->scope().tenant(), request->reservation_id(),
+                                             request->scope().SerializeAsString());
+          reactor->Finish(stored.ok() ? grpc::Status::OK
+                                      : grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                                     std::string(stored.message())));
+        });
       });
   return reactor;
 }
@@ -151,11 +211,26 @@ grpc::ServerUnaryReactor* QuotaProxy::Commit(grpc::CallbackServerContext* contex
                                              v1::CommitResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   int shard;
-  auto client = ContextWithDeadline(deadline_);
+  auto client = ForwardContext(context);
   StubFor(request->tenant(), &shard)
       ->async()
       ->Commit(client.get(), request, response, [=, this](grpc::Status s) {
         (void)client;
+        if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+          pool_->Submit([=, this] {  // Perhaps a fallback reservation: count it as an event.
+            bool converted = false;
+            const absl::Status c = CommitFallbackReservation(queue_, shards_, *request, &converted);
+            if (converted) {
+              response->Clear();
+              response->set_queued(true);
+            }
+            reactor->Finish(
+                !c.ok()     ? grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(c.message()))
+                : converted ? grpc::Status::OK
+                            : s);
+          });
+          return;
+        }
         if (!Unreachable(s)) {
           reactor->Finish(s);
           return;
@@ -179,11 +254,24 @@ grpc::ServerUnaryReactor* QuotaProxy::Release(grpc::CallbackServerContext* conte
                                               v1::ReleaseResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   int shard;
-  auto client = ContextWithDeadline(deadline_);
+  auto client = ForwardContext(context);
   StubFor(request->tenant(), &shard)
       ->async()
       ->Release(client.get(), request, response, [=, this](grpc::Status s) {
         (void)client;
+        if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+          pool_->Submit([=, this] {  // A fallback reservation has nothing to release.
+            auto taken =
+                queue_->TakeFallbackReservation(request->tenant(), request->reservation_id());
+            if (taken.ok() && taken->has_value()) {
+              response->set_reservation_was_open(true);
+              reactor->Finish(grpc::Status::OK);
+            } else {
+              reactor->Finish(s);
+            }
+          });
+          return;
+        }
         if (!Unreachable(s)) {
           reactor->Finish(s);
           return;
@@ -213,6 +301,8 @@ DeferredCallRetrier::~DeferredCallRetrier() {
 }
 
 int DeferredCallRetrier::RunOnce() {
+  // Fallback reservations never committed within a day are abandoned (their TTL is <= 1 h).
+  queue_->DropFallbackReservationsBefore(absl::Now() - absl::Hours(24)).IgnoreError();
   auto calls = queue_->ListDeferred(256);
   if (!calls.ok()) return 0;
   int done = 0;
@@ -233,6 +323,20 @@ int DeferredCallRetrier::RunOnce() {
               ->Release(context.get(), request, &response);
     }
     if (Unreachable(s)) continue;  // Still down: try again later.
+    if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+      bool converted = false;
+      if (call.kind == kDeferredCommit) {
+        v1::CommitRequest request;
+        request.ParseFromString(call.payload);
+        if (!CommitFallbackReservation(queue_, shards_, request, &converted).ok()) continue;
+      } else {
+        v1::ReleaseRequest request;
+        request.ParseFromString(call.payload);
+        auto taken = queue_->TakeFallbackReservation(request.tenant(), request.reservation_id());
+        converted = taken.ok() && taken->has_value();
+      }
+      if (converted) s = grpc::Status::OK;
+    }
     if (!s.ok()) {
       common::Log(common::LogLevel::kWarn, "deferred quota call refused by the shard; dropped",
                   {{"code", absl::StrCat(s.error_code())}, {"error", s.error_message()}});

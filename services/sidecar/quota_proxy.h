@@ -32,6 +32,12 @@ namespace tokenmeter::sidecar {
 inline constexpr uint8_t kDeferredCommit = 1;
 inline constexpr uint8_t kDeferredRelease = 2;
 
+// If `request` commits a fallback reservation (one the shard never saw), turns it into a usage
+// event (event_id = reservation_id, counted once by the shard) in the local queue and sets
+// *converted. Otherwise leaves the queue alone.
+absl::Status CommitFallbackReservation(LocalQueue* queue, const ShardChannels* shards,
+                                       const v1::CommitRequest& request, bool* converted);
+
 struct QuotaProxyCounters {
   std::atomic<uint64_t> forwarded{0};
   std::atomic<uint64_t> fallback_allowed{0};
@@ -50,6 +56,10 @@ class PolicyCache {
   // The failure mode for a request of `scope`: closed if any matching enforced policy says
   // closed; the default if the tenant's policies were never fetched.
   aggregator::FailureMode ModeFor(const aggregator::RequestScope& scope);
+
+  // Makes sure the tenant's policies are fetched (within ~200 ms while its shard is up), so
+  // its failure mode is known before an outage. Cheap; call on every forwarded request.
+  void Note(const std::string& tenant);
 
  private:
   void RefreshLoop();
@@ -89,6 +99,9 @@ class QuotaProxy final : public v1::QuotaService::CallbackService {
   // Answers a Check/Reserve from the fallback.
   grpc::Status Fallback(const v1::Scope& scope, const grpc::Status& error, int shard,
                         v1::QuotaDecision* response);
+  // A deadline for a forwarded call: ours, but never past the caller's (minus a margin for
+  // answering from the fallback).
+  std::shared_ptr<grpc::ClientContext> ForwardContext(const grpc::CallbackServerContext* caller);
   v1::QuotaService::Stub* StubFor(const std::string& tenant, int* shard);
 
   const ShardChannels* const shards_;

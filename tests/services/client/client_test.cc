@@ -382,7 +382,7 @@ TEST_F(ClientTest, CommitIsQueuedWhileTheShardIsDownAndDeliveredLater) {
   })) << last;
 }
 
-TEST_F(ClientTest, FallbackReservationCommitIsReportedAsAnEvent) {
+TEST_F(ClientTest, FallbackReservationCommittedDuringTheOutageCountsOnceTheShardIsBack) {
   StopShard();
   auto r = client_->Reserve(
       {.reservation_id = "during-outage", .scope = kScope, .estimate = {.input = 300}});
@@ -390,12 +390,27 @@ TEST_F(ClientTest, FallbackReservationCommitIsReportedAsAnEvent) {
   ASSERT_TRUE(r->allowed());  // No policy known yet: the sidecar's default failure mode, open.
   EXPECT_TRUE(r->decision().fallback);
   EXPECT_FALSE(r->decision().fallback_reason.empty());
-  EXPECT_FALSE(r->holds());
+  EXPECT_TRUE(r->holds());
   auto committed = r->Commit({.input = 90, .output = 10});
   ASSERT_TRUE(committed.ok()) << committed.status();
-  EXPECT_TRUE(committed->reported_as_event);
-  ASSERT_TRUE(RestartShard().ok());
+  EXPECT_TRUE(committed->queued);    // Deferred by the sidecar; the shard answers NOT_FOUND
+  ASSERT_TRUE(RestartShard().ok());  // later, and the sidecar turns it into a usage event.
   EXPECT_EQ(CountedAtShardEventually("total=100 requests=1"), "total=100 requests=1");
+}
+
+TEST_F(ClientTest, FallbackReservationCommittedAfterTheOutageCountsOnce) {
+  StopShard();
+  auto r = client_->Reserve(
+      {.reservation_id = "before-recovery", .scope = kScope, .estimate = {.input = 300}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(r->decision().fallback);
+  ASSERT_TRUE(RestartShard().ok());
+  ASSERT_TRUE(client_->WaitForReady(absl::Seconds(5)).ok());
+  auto committed = r->Commit({.input = 40, .output = 2});
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  auto again = r->Commit({.input = 40, .output = 2});  // A retry must not count twice.
+  ASSERT_TRUE(again.ok() || absl::IsNotFound(again.status())) << again.status();
+  EXPECT_EQ(CountedAtShardEventually("total=42 requests=1"), "total=42 requests=1");
 }
 
 TEST(ClientConnectTest, RejectsABadTargetAndBadOptions) {
