@@ -1,12 +1,15 @@
 // tokenmeter-aggregator: one shard of the metering and quota plane. main() only parses flags,
 // starts the server and waits for SIGTERM / SIGINT, then drains and exits.
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <iostream>
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "services/aggregator/server.h"
 #include "services/common/clock.h"
@@ -25,6 +28,22 @@ void AddDuration(CLI::App& app, const std::string& name, absl::Duration* target,
       ->check(CLI::PositiveNumber);
 }
 
+// The ordinal of a StatefulSet pod from its hostname ("tokenmeter-aggregator-2" -> 2).
+absl::StatusOr<int> ShardIndexFromHostname() {
+  char host[256] = {0};
+  if (gethostname(host, sizeof(host) - 1) != 0) {
+    return absl::FailedPreconditionError("--shard-index-from-hostname: gethostname failed");
+  }
+  const std::string name(host);
+  const size_t dash = name.rfind('-');
+  int index = -1;
+  if (dash == std::string::npos || !absl::SimpleAtoi(name.substr(dash + 1), &index) || index < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--shard-index-from-hostname: hostname \"", name,
+                                                   "\" does not end in -<ordinal>"));
+  }
+  return index;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -37,6 +56,10 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", options.data_dir, "RocksDB directory of this shard")->required();
   app.add_option("--shard-index", options.shard.index, "index of this shard, 0-based")
       ->capture_default_str();
+  bool index_from_hostname = false;
+  app.add_flag("--shard-index-from-hostname", index_from_hostname,
+               "take the shard index from the trailing -N of the hostname (a StatefulSet pod "
+               "name such as tokenmeter-aggregator-2); overrides --shard-index");
   app.add_option("--shard-count", options.shard.count, "number of shards in the cluster")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
@@ -77,6 +100,14 @@ int main(int argc, char** argv) {
                  "series cap per usage family; label sets past it are folded into \"other\"")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (index_from_hostname) {
+    auto index = ShardIndexFromHostname();
+    if (!index.ok()) {
+      std::cerr << index.status().message() << "\n";
+      return 2;
+    }
+    options.shard.index = *index;
+  }
   auto labels = tokenmeter::aggregator::ParseUsageLabels(usage_labels);
   if (!labels.ok()) {
     std::cerr << labels.status().message() << "\n";
