@@ -14,7 +14,11 @@ PACKAGES=(
   tzdata redis-server rocksdb-tools python3 python3-grpcio procps
   # fault tests: network namespaces, nftables, loop-mounted small disks
   iproute2 nftables e2fsprogs util-linux
+  # observability tests: promtool + Prometheus server, YAML lint, dashboard schema check (npm)
+  prometheus yamllint python3-yaml nodejs
 )
+# Debian's nodejs comes without npm; a nodejs from elsewhere (e.g. NodeSource) bundles it.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -67,10 +67,21 @@ AggregatorMetrics::AggregatorMetrics(Registry* r, UsageLabelOptions usage)
       quota_open_reservations(r->AddGauge("tokenmeter_quota_open_reservations",
                                           "Reservations currently holding budget.")
                                   .WithLabels({})),
+      quota_limit_used_ratio(r->AddGauge(
+          "tokenmeter_quota_limit_used_ratio",
+          "Budget burn of a limit at its last decision: (used + outstanding) / limit, the "
+          "request included when allowed. 1 = budget exhausted.",
+          {"policy", "scope", "metric", "window", "mode"}, usage.max_series)),
+      quota_scope_decisions(
+          r->AddCounter("tokenmeter_quota_scope_decisions_total",
+                        "Quota decisions by tenant, team, operation and result (see "
+                        "tokenmeter_quota_decisions_total).",
+                        {"tenant", "team", "op", "result"}, usage.max_series)),
       usage_tokens(r->AddCounter("tokenmeter_usage_tokens_total",
                                  "Tokens counted, by scope and gen_ai token type (input, "
                                  "cached_input, output, reasoning).",
-                                 With(usage.labels, "type"), usage.max_series)),
+                                 With(usage.labels, "type"), usage.max_series,
+                                 /*keep_unfolded=*/1)),
       usage_requests(r->AddCounter("tokenmeter_usage_requests_total",
                                    "LLM calls counted, by scope.", usage.labels, usage.max_series)),
       usage_cost(r->AddCounter("tokenmeter_usage_cost_micro_usd_total",
@@ -96,6 +107,13 @@ AggregatorMetrics::AggregatorMetrics(Registry* r, UsageLabelOptions usage)
       storage_write_errors(r->AddCounter("tokenmeter_storage_write_errors_total",
                                          "Writes that failed (disk full, I/O error).")
                                .WithLabels({})),
+      storage_max_disk_bytes(r->AddGauge("tokenmeter_storage_max_disk_bytes",
+                                         "SST disk budget (--max-disk-bytes); 0 = none.")
+                                 .WithLabels({})),
+      storage_disk_available_bytes(
+          r->AddGauge("tokenmeter_storage_disk_available_bytes",
+                      "Bytes available to the shard on its data directory's filesystem.")
+              .WithLabels({})),
       policy_reloads(r->AddCounter("tokenmeter_policy_reloads_total",
                                    "Policy file loads, by result (ok, error).", {"result"})),
       policy_reloads_ok(policy_reloads.WithLabels({"ok"})),

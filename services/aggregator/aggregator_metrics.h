@@ -48,6 +48,11 @@ class AggregatorMetrics {
   common::Family<common::Histogram>& quota_decision_seconds;  // {op}
   common::Family<common::Counter>& quota_closed;              // {how}: commit, release, expire
   common::Gauge& quota_open_reservations;
+  // Budget burn of each limit seen in a decision: (used + outstanding) / limit, counting the
+  // request when it was allowed. {policy, scope, metric, window, mode}; capped.
+  common::Family<common::Gauge>& quota_limit_used_ratio;
+  // Decisions by tenant and team (which team is being denied). {tenant, team, op, result}.
+  common::Family<common::Counter>& quota_scope_decisions;
 
   // Usage (what SREs and FinOps watch).
   common::Family<common::Counter>& usage_tokens;    // {labels..., type}
@@ -61,6 +66,8 @@ class AggregatorMetrics {
   common::Gauge& storage_pending_compaction_bytes;
   common::Gauge& storage_write_stopped;
   common::Counter& storage_write_errors;
+  common::Gauge& storage_max_disk_bytes;        // --max-disk-bytes (0 = no budget).
+  common::Gauge& storage_disk_available_bytes;  // Free bytes of the data dir's filesystem.
 
   // Policies.
   common::Family<common::Counter>& policy_reloads;  // {result}

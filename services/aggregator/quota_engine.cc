@@ -188,7 +188,7 @@ absl::StatusOr<Decision> QuotaEngine::Check(const RequestScope& scope, const Tok
     absl::MutexLock lock(&stripe.mu);
     d = EvaluateLocked(stripe, scope, request, clock_->Now(), &unused);
   }
-  RecordDecision("check", d, start);
+  RecordDecision("check", scope, d, start);
   return d;
 }
 
@@ -278,12 +278,12 @@ absl::StatusOr<Decision> QuotaEngine::Reserve(const std::string& reservation_id,
                                               const TokenCounts& estimate, absl::Duration ttl) {
   const absl::Time start = absl::Now();
   absl::StatusOr<Decision> d = ReserveInternal(reservation_id, scope, estimate, ttl);
-  RecordDecision("reserve", d, start);
+  RecordDecision("reserve", scope, d, start);
   return d;
 }
 
-void QuotaEngine::RecordDecision(const char* op, const absl::StatusOr<Decision>& d,
-                                 absl::Time start) {
+void QuotaEngine::RecordDecision(const char* op, const RequestScope& scope,
+                                 const absl::StatusOr<Decision>& d, absl::Time start) {
   if (metrics_ == nullptr) return;
   metrics_->quota_decision_seconds.WithLabels({op}).Observe(
       absl::ToDoubleSeconds(absl::Now() - start));
@@ -292,6 +292,17 @@ void QuotaEngine::RecordDecision(const char* op, const absl::StatusOr<Decision>&
                        : d->shadow_denied ? "shadow_denied"
                                           : "allowed";
   metrics_->quota_decisions.WithLabels({op, result}).Inc();
+  metrics_->quota_scope_decisions.WithLabels({scope.tenant, scope.team, op, result}).Inc();
+  if (!d.ok()) return;
+  for (const LimitState& l : d->limits) {
+    if (l.limit == 0) continue;
+    const double taken = static_cast<double>(l.used) + static_cast<double>(l.outstanding) +
+                         (d->allowed ? static_cast<double>(l.requested) : 0.0);
+    metrics_->quota_limit_used_ratio
+        .WithLabels({l.policy_id, l.scope, MetricName(l.metric), WindowKindName(l.window),
+                     ModeName(l.mode)})
+        .Set(taken / static_cast<double>(l.limit));
+  }
 }
 
 void QuotaEngine::RecordClose(const char* how, const RequestScope& scope,

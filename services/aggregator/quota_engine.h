@@ -141,7 +141,8 @@ class QuotaEngine {
   absl::Status CloseOpen(const std::string& tenant, const std::string& id, CloseKind kind,
                          const TokenCounts* actual);
   // Counts a decision (and its latency since `start`) in the metrics.
-  void RecordDecision(const char* op, const absl::StatusOr<Decision>& d, absl::Time start);
+  void RecordDecision(const char* op, const RequestScope& scope, const absl::StatusOr<Decision>& d,
+                      absl::Time start);
   // Counts a closed reservation and the usage it recorded (if any).
   void RecordClose(const char* how, const RequestScope& scope, const storage::CounterRecord* usage);
   absl::Status WriteReservation(const Reservation& r, int state, absl::Time gc_after,

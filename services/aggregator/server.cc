@@ -1,5 +1,7 @@
 #include "services/aggregator/server.h"
 
+#include <sys/statvfs.h>
+
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -90,7 +92,13 @@ absl::Status AggregatorServer::StartMetrics(const ServerOptions& options) {
       .Set(1);
   ingest_->set_metrics(metrics_.get());
   quota_->set_metrics(metrics_.get());
-  registry_metrics_->AddCollector([this] {
+  metrics_->storage_max_disk_bytes.Set(static_cast<double>(options.max_disk_bytes));
+  registry_metrics_->AddCollector([this, dir = options.data_dir] {
+    struct statvfs fs;
+    if (statvfs(dir.c_str(), &fs) == 0) {
+      metrics_->storage_disk_available_bytes.Set(static_cast<double>(fs.f_bavail) *
+                                                 static_cast<double>(fs.f_frsize));
+    }
     const storage::StoreStats stats = store_->Stats();
     metrics_->storage_live_sst_bytes.Set(static_cast<double>(stats.live_sst_bytes));
     metrics_->storage_memtable_bytes.Set(static_cast<double>(stats.memtable_bytes));

@@ -107,19 +107,21 @@ std::vector<double> LatencyBuckets() {
 Registry::Registry() {
   absl::MutexLock lock(&mu_);
   folded_family_ = &counters_.emplace_back(
-      "tokenmeter_metrics_series_folded_total",
-      "Label sets folded into the \"other\" series because a family reached its series cap.",
+      "tokenmeter_metrics_folded_updates_total",
+      "Updates routed to a family's \"other\" series because the family reached its series "
+      "cap (a label set past the cap).",
       std::vector<std::string>{"family"}, 0, [] { return std::make_unique<Counter>(); }, nullptr);
   order_.push_back({MetricType::kCounter, folded_family_});
 }
 
 Family<Counter>& Registry::AddCounter(const std::string& name, const std::string& help,
-                                      std::vector<std::string> label_names, size_t max_series) {
+                                      std::vector<std::string> label_names, size_t max_series,
+                                      size_t keep_unfolded) {
   Counter* folded = max_series > 0 ? &folded_family_->WithLabels({name}) : nullptr;
   absl::MutexLock lock(&mu_);
   auto& family = counters_.emplace_back(
       name, help, std::move(label_names), max_series, [] { return std::make_unique<Counter>(); },
-      folded);
+      folded, keep_unfolded);
   order_.push_back({MetricType::kCounter, &family});
   return family;
 }

@@ -6,8 +6,8 @@
 // returned reference (children live as long as the registry).
 //
 // Cardinality guard: a family may cap its number of series; label sets past the cap are folded
-// into one series whose label values are all "other", and the fold is counted in
-// tokenmeter_metrics_series_folded_total{family="..."}.
+// into a series whose label values are "other", and every update that lands there is counted in
+// tokenmeter_metrics_folded_updates_total{family="..."}.
 //
 // Thread-safety: everything is thread-safe.
 #ifndef TOKENMETER_SERVICES_COMMON_METRICS_H_
@@ -80,12 +80,16 @@ enum class MetricType { kCounter, kGauge, kHistogram };
 template <typename T>
 class Family {
  public:
+  // Past `max_series`, label values are folded into "other" except the last `keep_unfolded`
+  // ones (e.g. a token type that must survive the fold).
   Family(std::string name, std::string help, std::vector<std::string> label_names,
-         size_t max_series, std::function<std::unique_ptr<T>()> make, Counter* folded)
+         size_t max_series, std::function<std::unique_ptr<T>()> make, Counter* folded,
+         size_t keep_unfolded = 0)
       : name_(std::move(name)),
         help_(std::move(help)),
         label_names_(std::move(label_names)),
         max_series_(max_series),
+        keep_unfolded_(keep_unfolded),
         make_(std::move(make)),
         folded_(folded) {}
 
@@ -96,7 +100,8 @@ class Family {
     if (it != children_.end()) return *it->second;
     if (max_series_ > 0 && children_.size() >= max_series_) {
       if (folded_ != nullptr) folded_->Inc();
-      std::vector<std::string> other(values.size(), "other");
+      std::vector<std::string> other = values;
+      for (size_t i = 0; i + keep_unfolded_ < other.size(); ++i) other[i] = "other";
       auto& slot = children_[other];
       if (!slot) slot = make_();
       return *slot;
@@ -124,6 +129,7 @@ class Family {
   const std::string help_;
   const std::vector<std::string> label_names_;
   const size_t max_series_;
+  const size_t keep_unfolded_;
   const std::function<std::unique_ptr<T>()> make_;
   Counter* const folded_;
   mutable absl::Mutex mu_;
@@ -135,8 +141,10 @@ class Registry {
   Registry();
 
   // Names must match [a-zA-Z_:][a-zA-Z0-9_:]*; counters end in _total. max_series 0 = no cap.
+  // keep_unfolded: see Family.
   Family<Counter>& AddCounter(const std::string& name, const std::string& help,
-                              std::vector<std::string> label_names = {}, size_t max_series = 0);
+                              std::vector<std::string> label_names = {}, size_t max_series = 0,
+                              size_t keep_unfolded = 0);
   Family<Gauge>& AddGauge(const std::string& name, const std::string& help,
                           std::vector<std::string> label_names = {}, size_t max_series = 0);
   Family<Histogram>& AddHistogram(const std::string& name, const std::string& help,

@@ -58,6 +58,8 @@ class ShardSender {
   void Wake();
 
   const SenderCounters& counters() const { return counters_; }
+  // True while the channel to the shard is connected (gRPC state READY), idle or not.
+  bool channel_ready() const { return channel_->GetState(false) == GRPC_CHANNEL_READY; }
 
  private:
   void Run();

@@ -36,8 +36,9 @@ SidecarMetrics::SidecarMetrics(common::Registry* r, LocalQueue* queue,
       stream_errors_(r->AddCounter("tokenmeter_sidecar_stream_errors_total",
                                    "Shard streams that broke (shard down, network, timeout).",
                                    {"shard"})),
-      connected_(r->AddGauge("tokenmeter_sidecar_shard_connected",
-                             "1 if the last stream to the shard got acks, else 0.", {"shard"})),
+      connected_(r->AddGauge(
+          "tokenmeter_sidecar_shard_connected",
+          "1 while the channel to the shard is connected (gRPC READY), idle or not.", {"shard"})),
       report_events_(r->AddCounter("tokenmeter_sidecar_report_events_total",
                                    "Events offered to Report, by result (accepted, invalid).",
                                    {"result"})),
@@ -74,7 +75,7 @@ void SidecarMetrics::Collect() {
     events_acked_.WithLabels(shard).Mirror(static_cast<double>(c.events_acked.load()));
     reconnects_.WithLabels(shard).Mirror(static_cast<double>(c.reconnects.load()));
     stream_errors_.WithLabels(shard).Mirror(static_cast<double>(c.errors.load()));
-    connected_.WithLabels(shard).Set(c.connected.load() ? 1 : 0);
+    connected_.WithLabels(shard).Set((*senders_)[i]->channel_ready() ? 1 : 0);
   }
   const ReportCounters& rc = report_->counters();
   report_events_.WithLabels({"accepted"}).Mirror(static_cast<double>(rc.events_accepted.load()));
