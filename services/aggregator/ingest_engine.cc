@@ -156,10 +156,14 @@ absl::Status IngestEngine::Group::AddEvents(const IngestBatchInput& batch, Inges
   std::vector<std::string> keys;
   std::vector<std::pair<const Event*, std::pair<std::string, absl::Status>>> rejected;
   absl::flat_hash_set<std::string> batch_ids;
-  for (const Event& e : batch.events) {
+  const bool validated = batch.validation.size() == batch.events.size();
+  for (size_t i = 0; i < batch.events.size(); ++i) {
+    const Event& e = batch.events[i];
     std::string reason;
-    if (absl::Status s = ValidateEvent(e, engine_->options_.event_limits, now_, &reason); !s.ok()) {
-      rejected.push_back({&e, {std::move(reason), std::move(s)}});
+    absl::Status s = validated ? batch.validation[i].first
+                               : ValidateEvent(e, engine_->options_.event_limits, now_, &reason);
+    if (!s.ok()) {
+      rejected.push_back({&e, {validated ? batch.validation[i].second : reason, std::move(s)}});
       continue;
     }
     std::string key = storage::DedupKey(e.scope.tenant, e.event_id);
@@ -250,6 +254,17 @@ void IngestEngine::Stop() {
     stopping_ = true;
   }
   if (apply_thread_.joinable()) apply_thread_.join();
+}
+
+void IngestEngine::Validate(IngestBatchInput* batch) const {
+  const absl::Time now = clock_->Now();
+  batch->validation.clear();
+  batch->validation.reserve(batch->events.size());
+  for (const Event& e : batch->events) {
+    std::string reason;
+    absl::Status s = ValidateEvent(e, options_.event_limits, now, &reason);
+    batch->validation.emplace_back(std::move(s), std::move(reason));
+  }
 }
 
 void IngestEngine::Submit(IngestBatchInput batch, Done done) {

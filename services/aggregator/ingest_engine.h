@@ -36,8 +36,11 @@ struct IngestBatchInput {
   std::string producer_id;
   uint64_t epoch = 0;
   uint64_t seq = 0;
-  std::vector<Event> events;  // Not yet validated.
-  size_t wire_bytes = 0;      // Size of the batch as received (for metrics).
+  std::vector<Event> events;
+  size_t wire_bytes = 0;  // Size of the batch as received (for metrics).
+  // Filled by IngestEngine::Validate on the caller's thread (one entry per event: OK, or the
+  // error and its reason); if empty, the apply thread validates.
+  std::vector<std::pair<absl::Status, std::string>> validation;
 };
 
 enum class IngestOutcome { kApplied, kDuplicate, kGap, kFenced, kNotOwner, kInvalid, kUnavailable };
@@ -89,6 +92,10 @@ class IngestEngine {
   // outcome is durable (or known to need no write). Callers bound their own in-flight batches
   // (the ingest service allows a fixed window per stream), which bounds the queue.
   void Submit(IngestBatchInput batch, Done done);
+
+  // Validates every event of `batch` and records the results in batch->validation, so the
+  // apply thread does not have to. Thread-safe; call on the receiving thread before Submit.
+  void Validate(IngestBatchInput* batch) const;
 
   // Stops accepting work after the queued batches are applied. Idempotent.
   void Stop();

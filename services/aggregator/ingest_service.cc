@@ -71,6 +71,7 @@ class IngestService::Reactor final
       return;
     }
     IngestBatchInput input = FromProto(batch_);
+    engine_->Validate(&input);  // CPU work on this thread, not on the single apply thread.
     bool read_more;
     {
       absl::MutexLock lock(&mu_);

@@ -133,7 +133,12 @@ class IngestEngineTest : public ::testing::Test {
 
   static IngestBatchInput Batch(uint64_t epoch, uint64_t seq, std::vector<Event> events,
                                 const std::string& producer = "sidecar-1") {
-    return IngestBatchInput{producer, epoch, seq, std::move(events)};
+    IngestBatchInput batch;
+    batch.producer_id = producer;
+    batch.epoch = epoch;
+    batch.seq = seq;
+    batch.events = std::move(events);
+    return batch;
   }
 
   // The tenant-level (or user-level) UTC day counter of today.
