@@ -65,6 +65,38 @@ void ToProto(const TokenCounts& t, v1::TokenCounts* p) {
   p->set_reasoning(t.reasoning);
 }
 
+std::optional<Metric> MetricFromProto(v1::Metric metric) {
+  switch (metric) {
+    case v1::METRIC_INPUT_TOKENS:
+      return Metric::kInputTokens;
+    case v1::METRIC_OUTPUT_TOKENS:
+      return Metric::kOutputTokens;
+    case v1::METRIC_TOTAL_TOKENS:
+      return Metric::kTotalTokens;
+    case v1::METRIC_REQUESTS:
+      return Metric::kRequests;
+    case v1::METRIC_COST_MICRO_USD:
+      return Metric::kCostMicroUsd;
+    default:
+      return std::nullopt;
+  }
+}
+
+std::optional<WindowKind> WindowFromProto(v1::Window window) {
+  switch (window) {
+    case v1::WINDOW_MINUTE:
+      return WindowKind::kMinute;
+    case v1::WINDOW_HOUR:
+      return WindowKind::kHour;
+    case v1::WINDOW_DAY:
+      return WindowKind::kDay;
+    case v1::WINDOW_MONTH:
+      return WindowKind::kMonth;
+    default:
+      return std::nullopt;
+  }
+}
+
 v1::Metric ToProto(Metric metric) {
   switch (metric) {
     case Metric::kInputTokens:
@@ -99,41 +131,16 @@ namespace {
 
 absl::StatusOr<Limit> LimitFromProto(const v1::Limit& p, int index) {
   Limit l;
-  switch (p.metric()) {
-    case v1::METRIC_INPUT_TOKENS:
-      l.metric = Metric::kInputTokens;
-      break;
-    case v1::METRIC_OUTPUT_TOKENS:
-      l.metric = Metric::kOutputTokens;
-      break;
-    case v1::METRIC_TOTAL_TOKENS:
-      l.metric = Metric::kTotalTokens;
-      break;
-    case v1::METRIC_REQUESTS:
-      l.metric = Metric::kRequests;
-      break;
-    case v1::METRIC_COST_MICRO_USD:
-      l.metric = Metric::kCostMicroUsd;
-      break;
-    default:
-      return absl::InvalidArgumentError(absl::StrFormat("limits[%d].metric: required", index));
+  const std::optional<Metric> metric = MetricFromProto(p.metric());
+  if (!metric) {
+    return absl::InvalidArgumentError(absl::StrFormat("limits[%d].metric: required", index));
   }
-  switch (p.window()) {
-    case v1::WINDOW_MINUTE:
-      l.window = WindowKind::kMinute;
-      break;
-    case v1::WINDOW_HOUR:
-      l.window = WindowKind::kHour;
-      break;
-    case v1::WINDOW_DAY:
-      l.window = WindowKind::kDay;
-      break;
-    case v1::WINDOW_MONTH:
-      l.window = WindowKind::kMonth;
-      break;
-    default:
-      return absl::InvalidArgumentError(absl::StrFormat("limits[%d].window: required", index));
+  const std::optional<WindowKind> window = WindowFromProto(p.window());
+  if (!window) {
+    return absl::InvalidArgumentError(absl::StrFormat("limits[%d].window: required", index));
   }
+  l.metric = *metric;
+  l.window = *window;
   l.amount = p.amount();
   return l;
 }
@@ -204,37 +211,6 @@ void ToProto(const ModelPrice& m, v1::Price* p) {
 }  // namespace tokenmeter::aggregator
 
 namespace tokenmeter::aggregator {
-namespace {
-
-Metric MetricFromProto(v1::Metric m) {
-  switch (m) {
-    case v1::METRIC_INPUT_TOKENS:
-      return Metric::kInputTokens;
-    case v1::METRIC_OUTPUT_TOKENS:
-      return Metric::kOutputTokens;
-    case v1::METRIC_REQUESTS:
-      return Metric::kRequests;
-    case v1::METRIC_COST_MICRO_USD:
-      return Metric::kCostMicroUsd;
-    default:
-      return Metric::kTotalTokens;
-  }
-}
-
-WindowKind WindowFromProto(v1::Window w) {
-  switch (w) {
-    case v1::WINDOW_MINUTE:
-      return WindowKind::kMinute;
-    case v1::WINDOW_HOUR:
-      return WindowKind::kHour;
-    case v1::WINDOW_MONTH:
-      return WindowKind::kMonth;
-    default:
-      return WindowKind::kDay;
-  }
-}
-
-}  // namespace
 
 void DecisionToProto(const Decision& d, v1::QuotaDecision* p) {
   p->set_result(d.allowed ? v1::QuotaDecision::ALLOWED : v1::QuotaDecision::DENIED);
@@ -270,8 +246,8 @@ Decision DecisionFromProto(const v1::QuotaDecision& p) {
     LimitState l;
     l.policy_id = s.policy_id();
     l.scope = s.scope();
-    l.metric = MetricFromProto(s.metric());
-    l.window = WindowFromProto(s.window());
+    l.metric = MetricFromProto(s.metric()).value_or(Metric::kTotalTokens);
+    l.window = WindowFromProto(s.window()).value_or(WindowKind::kDay);
     l.mode = s.mode() == v1::MODE_SHADOW ? Mode::kShadow : Mode::kEnforce;
     l.limit = s.limit();
     l.used = s.used();

@@ -3,6 +3,8 @@
 #ifndef TOKENMETER_SERVICES_AGGREGATOR_PROTO_CONVERT_H_
 #define TOKENMETER_SERVICES_AGGREGATOR_PROTO_CONVERT_H_
 
+#include <optional>
+
 #include "absl/status/statusor.h"
 #include "services/aggregator/model.h"
 #include "services/aggregator/policy.h"
@@ -30,6 +32,9 @@ void ToProto(const Policy& policy, v1::Policy* proto);
 ModelPrice FromProto(const v1::Price& proto);
 void ToProto(const ModelPrice& price, v1::Price* proto);
 
+// nullopt for METRIC_UNSPECIFIED / WINDOW_UNSPECIFIED (and unknown values).
+std::optional<Metric> MetricFromProto(v1::Metric metric);
+std::optional<WindowKind> WindowFromProto(v1::Window window);
 v1::Metric ToProto(Metric metric);
 v1::Window ToProto(WindowKind window);
 

@@ -80,21 +80,6 @@ absl::Duration NominalWindow(storage::Granularity g) {
   return absl::Hours(1);
 }
 
-Metric RankMetric(v1::Metric m) {
-  switch (m) {
-    case v1::METRIC_INPUT_TOKENS:
-      return Metric::kInputTokens;
-    case v1::METRIC_OUTPUT_TOKENS:
-      return Metric::kOutputTokens;
-    case v1::METRIC_REQUESTS:
-      return Metric::kRequests;
-    case v1::METRIC_COST_MICRO_USD:
-      return Metric::kCostMicroUsd;
-    default:
-      return Metric::kTotalTokens;
-  }
-}
-
 void TotalsToProto(const storage::CounterRecord& r, v1::UsageTotals* out) {
   out->set_input_tokens(r[storage::kInputTokens]);
   out->set_cached_input_tokens(r[storage::kCachedInputTokens]);
@@ -200,10 +185,10 @@ grpc::ServerUnaryReactor* UsageService::TopSpenders(grpc::CallbackServerContext*
         return absl::InvalidArgumentError("level: required");
     }
     absl::Time window_start;
-    auto spenders =
-        reader_->TopSpenders(request->tenant(), level, RankMetric(request->metric()), *g,
-                             TimeOr(request->at(), clock_->Now()), request->time_zone(),
-                             request->limit() == 0 ? 10 : request->limit(), &window_start);
+    auto spenders = reader_->TopSpenders(
+        request->tenant(), level, MetricFromProto(request->metric()).value_or(Metric::kTotalTokens),
+        *g, TimeOr(request->at(), clock_->Now()), request->time_zone(),
+        request->limit() == 0 ? 10 : request->limit(), &window_start);
     if (!spenders.ok()) return spenders.status();
     SetTimestamp(window_start, response->mutable_window_start());
     for (const Spender& sp : *spenders) {
