@@ -91,6 +91,7 @@ bool ShardSender::RunStream() {
   });
   std::deque<std::pair<uint64_t, absl::Time>> sent;  // (seq, sent at), in order.
   bool progressed = false;
+  bool closed_by_peer = false;
   std::string error;
   while (error.empty()) {
     std::deque<v1::IngestAck> acks;
@@ -126,6 +127,7 @@ bool ShardSender::RunStream() {
     if (!error.empty()) break;
     if (closed) {
       error = "stream closed by the shard";
+      closed_by_peer = true;
       break;
     }
     if (!sent.empty() && absl::Now() - sent.front().second > options_.ack_timeout) {
@@ -176,7 +178,10 @@ bool ShardSender::RunStream() {
   }
   context.TryCancel();
   reader.join();
-  stream->Finish().IgnoreError();
+  const grpc::Status finished = stream->Finish();
+  if (closed_by_peer && !finished.ok()) {  // Say why: refused, unreachable, draining, ...
+    error = absl::StrCat("stream ended: ", finished.error_code(), " ", finished.error_message());
+  }
   if (!error.empty()) {
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
     Log(LogLevel::kWarn, "shard stream broken; reconnecting",

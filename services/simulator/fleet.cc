@@ -101,6 +101,12 @@ Fleet DefaultFleet() {
   return f;
 }
 
+void AssignSidecars(int sidecar_count, Fleet* fleet) {
+  int next = 0;
+  for (Team& team : fleet->teams) team.sidecar = next++ % sidecar_count;
+  for (ReportOnlyApp& app : fleet->apps) app.sidecar = next++ % sidecar_count;
+}
+
 CallShape DrawChatCall(Rng& rng, const ModelChoice& model, double failure_rate) {
   static constexpr uint64_t kMaxTokens[] = {256, 512, 1024, 2048};
   CallShape c;

@@ -2,7 +2,9 @@
 // of the LLM calls they make. Chat teams make single calls of a few thousand tokens; the
 // "tokenmaxxing" team (acme/agents) runs agentic loops whose context grows step by step, each
 // loop burning 100-1000x the tokens of a chat call. Report-only applications (batch jobs
-// that are metered but not gated) report their usage through IngestService.
+// that are metered but not gated) report their usage through a sidecar's ReportService.
+// Every team and every report-only app is one service (a pod) with its own sidecar: see
+// AssignSidecars.
 //
 // The tenants, teams and models match deploy/local/policies.yaml (whose price table covers
 // every model used here). Plain values and pure functions of the given RNG; thread-compatible.
@@ -39,15 +41,19 @@ struct Team {
   int weight = 1;
   std::vector<Member> members;
   std::vector<ModelChoice> models;
+  // Index of the sidecar this team's calls go through (AssignSidecars).
+  int sidecar = 0;
 };
 
-// A batch application whose usage is only reported (IngestService), never gated.
+// A batch application whose usage is only reported (ReportService), never gated.
 struct ReportOnlyApp {
   std::string tenant;
   std::string team;
   std::string user;
   std::string application;
   std::vector<ModelChoice> models;
+  // Index of the sidecar this app reports to (AssignSidecars).
+  int sidecar = 0;
 };
 
 struct Fleet {
@@ -56,8 +62,13 @@ struct Fleet {
   std::vector<ReportOnlyApp> apps;
 };
 
-// acme (with the agents team), globex, initech and umbrella.
+// acme (with the agents team), globex, initech and umbrella; every service on sidecar 0.
 Fleet DefaultFleet();
+
+// Gives every service of `fleet` one of `sidecar_count` (> 0) sidecars, the way pods each have
+// their own: dealt round-robin in fleet order, teams first, then report-only apps. The same
+// fleet and count always give the same assignment.
+void AssignSidecars(int sidecar_count, Fleet* fleet);
 
 // Token counts by type; cached_input <= input, reasoning <= output.
 struct Tokens {

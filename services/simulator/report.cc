@@ -66,6 +66,12 @@ void PrintRows(std::ostream& out, const Rows& rows, size_t first_numeric, size_t
   }
 }
 
+uint64_t ReportedEvents(const StatsSnapshot& s) {
+  uint64_t events = 0;
+  for (const auto& [application, r] : s.reported) events += r.events;
+  return events;
+}
+
 TeamStats Sum(const StatsSnapshot& s) {
   TeamStats total;
   for (const auto& [key, t] : s.teams) {
@@ -101,16 +107,17 @@ void Reporter::Print(absl::Duration elapsed, absl::Duration duration) {
       absl::ToDoubleSeconds(elapsed), absl::ToDoubleSeconds(duration));
   *out_ << absl::StrFormat(
       "last %.1fs: %.1f Reserve/s (%.1f allowed/s, %.1f denied/s), %.1f commits/s, "
-      "%.1f report-only events/s ingested\n",
+      "%.1f report-only events/s accepted by sidecars\n",
       dt, (s.reserves - previous_.reserves) / dt, (total.allowed - before.allowed) / dt,
       (total.denied - before.denied) / dt, (total.committed - before.committed) / dt,
-      (s.ingest_events_applied - previous_.ingest_events_applied) / dt);
+      (ReportedEvents(s) - ReportedEvents(previous_)) / dt);
   std::vector<std::string> errors;
   for (const auto& [what, count] : s.rpc_errors) errors.push_back(absl::StrCat(what, " x", count));
-  for (const auto& [what, count] : s.ingest_outcomes) {
-    errors.push_back(absl::StrCat("ingest ", what, " x", count));
-  }
   *out_ << "errors so far: " << (errors.empty() ? "none" : absl::StrJoin(errors, ", ")) << "\n";
+  *out_ << "answered by a sidecar without the owner shard so far: "
+        << Thousands(s.fallback_allowed + s.fallback_denied) << " fallback decisions ("
+        << Thousands(s.fallback_allowed) << " allowed, " << Thousands(s.fallback_denied)
+        << " denied), " << Thousands(s.commits_queued) << " commits queued\n";
   for (const std::string& tenant : fleet_->tenants) PrintTenant(tenant, s);
   out_->flush();
   previous_ = s;
@@ -198,7 +205,7 @@ void Reporter::PrintBudgetBurn(const std::string& tenant, const StatsSnapshot& s
   PrintRows(*out_, rows, 3, 6);
 }
 
-uint64_t Reporter::PrintFinal(absl::Duration elapsed, uint64_t unacked_events) {
+uint64_t Reporter::PrintFinal(absl::Duration elapsed) {
   const StatsSnapshot s = stats_->Snapshot();
   *out_ << "\n################ FINAL SUMMARY after "
         << absl::FormatDuration(absl::Trunc(elapsed, absl::Milliseconds(100)))
@@ -222,17 +229,21 @@ uint64_t Reporter::PrintFinal(absl::Duration elapsed, uint64_t unacked_events) {
   *out_ << "\ntotals: " << Thousands(s.reserves) << " Reserve calls (" << Thousands(total.allowed)
         << " allowed, " << Thousands(total.denied) << " denied), " << Thousands(total.committed)
         << " committed, " << Thousands(total.released) << " released (simulated failures)\n";
-  *out_ << "report-only ingest: " << Thousands(s.ingest_events_applied) << " events applied in "
-        << Thousands(s.ingest_batches) << " acked batches, " << s.ingest_events_duplicate
-        << " duplicates, " << s.ingest_events_rejected << " rejected (dead letters), "
-        << s.ingest_events_dropped << " dropped, " << unacked_events << " unacked at exit\n";
+  *out_ << "sidecar fallbacks: " << Thousands(s.fallback_allowed + s.fallback_denied)
+        << " Reserve decisions made from the policy failure mode (" << Thousands(s.fallback_allowed)
+        << " allowed, " << Thousands(s.fallback_denied) << " denied), "
+        << Thousands(s.commits_queued) << " commits queued for later delivery\n";
+  *out_ << "report-only usage: " << Thousands(ReportedEvents(s))
+        << " events accepted (durably queued) by sidecars in " << Thousands(s.report_calls)
+        << " Report calls, " << Thousands(s.report_retries) << " calls retried, "
+        << Thousands(s.report_events_failed) << " events given up\n";
   *out_ << "tokenmaxxing (agent) teams: " << Percent(agents.denied, agents.allowed + agents.denied)
         << " of calls denied, " << Thousands(agents.tokens_committed) << " tokens used, "
         << Thousands(agents.tokens_denied) << " tokens refused before the call\n";
   *out_ << "all other teams:            " << Percent(others.denied, others.allowed + others.denied)
         << " of calls denied, " << Thousands(others.tokens_committed) << " tokens used\n";
   out_->flush();
-  return total.allowed + total.denied + s.ingest_batches;
+  return total.allowed + total.denied + s.report_calls;
 }
 
 }  // namespace tokenmeter::simulator

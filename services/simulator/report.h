@@ -1,7 +1,9 @@
 // The simulator's periodic and final reports: per tenant, the calls allowed and denied per
 // team (with the policy that denied them), today's top spending teams as the owner shard
 // counts them (UsageService.TopSpenders, LEVEL_TEAM, day window in UTC), and the budget burn
-// of every policy limit seen in recent decisions (used / limit of its hottest scope).
+// of every policy limit seen in recent decisions (used / limit of its hottest scope), and how
+// many decisions and commits the sidecars had to handle without the owner shard. The traffic
+// goes through sidecars; these reads go straight to the owner shards.
 //
 // Thread-safety: one thread calls Print(); the TopSpenders calls carry a deadline.
 #ifndef TOKENMETER_SERVICES_SIMULATOR_REPORT_H_
@@ -19,7 +21,7 @@ namespace tokenmeter::simulator {
 
 class Reporter {
  public:
-  // Nothing is owned; everything must outlive the reporter.
+  // Nothing is owned; everything must outlive the reporter. `router` reaches the shards.
   Reporter(const Fleet* fleet, const common::ShardRouter* router, const Stats* stats,
            absl::Duration rpc_timeout, std::ostream* out);
 
@@ -27,9 +29,9 @@ class Reporter {
   // `elapsed` and `duration` only label the header.
   void Print(absl::Duration elapsed, absl::Duration duration);
 
-  // Prints the final report and the run's totals. Returns the number of successful quota
-  // decisions plus acked ingest batches (0 means the cluster never answered).
-  uint64_t PrintFinal(absl::Duration elapsed, uint64_t unacked_events);
+  // Prints the final report and the run's totals. Returns the number of quota decisions plus
+  // accepted Report calls (0 means the sidecars never answered).
+  uint64_t PrintFinal(absl::Duration elapsed);
 
  private:
   void PrintTenant(const std::string& tenant, const StatsSnapshot& s);

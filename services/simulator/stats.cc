@@ -11,13 +11,16 @@ void Stats::RecordDecision(const std::string& tenant, const std::string& team,
   absl::MutexLock lock(&mu_);
   ++s_.reserves;
   TeamStats& t = s_.teams[{tenant, team}];
+  if (decision.fallback()) {
+    ++(decision.result() == v1::QuotaDecision::ALLOWED ? s_.fallback_allowed : s_.fallback_denied);
+  }
   if (decision.result() == v1::QuotaDecision::ALLOWED) {
     ++t.allowed;
     if (decision.shadow_denied()) ++t.shadow_denied;
   } else {
     ++t.denied;
     t.tokens_denied += estimate_tokens;
-    std::string by = "(unknown)";
+    std::string by = decision.fallback() ? "(sidecar fallback)" : "(unknown)";
     for (const v1::LimitStatus& l : decision.limits()) {
       if (l.exceeded() && l.mode() != v1::MODE_SHADOW) {
         by = l.policy_id();
@@ -35,11 +38,13 @@ void Stats::RecordDecision(const std::string& tenant, const std::string& team,
   }
 }
 
-void Stats::RecordCommit(const std::string& tenant, const std::string& team, uint64_t tokens) {
+void Stats::RecordCommit(const std::string& tenant, const std::string& team, uint64_t tokens,
+                         bool queued) {
   absl::MutexLock lock(&mu_);
   TeamStats& t = s_.teams[{tenant, team}];
   ++t.committed;
   t.tokens_committed += tokens;
+  if (queued) ++s_.commits_queued;
 }
 
 void Stats::RecordRelease(const std::string& tenant, const std::string& team) {
@@ -53,20 +58,24 @@ void Stats::RecordRpcError(const std::string& method, const grpc::Status& status
   ++s_.rpc_errors[absl::StrCat(method, " ", absl::StatusCodeToString(s.code()))];
 }
 
-void Stats::RecordIngestAck(const v1::IngestAck& ack) {
+void Stats::RecordReportAccepted(const v1::ReportRequest& request) {
   absl::MutexLock lock(&mu_);
-  ++s_.ingest_batches;
-  s_.ingest_events_applied += ack.applied_events();
-  s_.ingest_events_duplicate += ack.duplicate_events();
-  s_.ingest_events_rejected += ack.rejected_events();
-  if (ack.outcome() != v1::IngestAck::APPLIED) {
-    ++s_.ingest_outcomes[v1::IngestAck::Outcome_Name(ack.outcome())];
+  ++s_.report_calls;
+  for (const v1::UsageEvent& e : request.events()) {
+    ReportedUsage& r = s_.reported[e.application()];
+    ++r.events;
+    r.total_tokens += e.tokens().input() + e.tokens().output();
   }
 }
 
-void Stats::RecordIngestDropped(uint64_t events) {
+void Stats::RecordReportRetry() {
   absl::MutexLock lock(&mu_);
-  s_.ingest_events_dropped += events;
+  ++s_.report_retries;
+}
+
+void Stats::RecordReportFailed(uint64_t events) {
+  absl::MutexLock lock(&mu_);
+  s_.report_events_failed += events;
 }
 
 StatsSnapshot Stats::Snapshot() const {

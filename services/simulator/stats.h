@@ -1,6 +1,7 @@
-// What the simulator observed: quota decisions, commits, releases and RPC errors per
-// tenant/team, the latest state of every policy limit it was shown, and ingest outcomes.
-// The reporter reads consistent copies (Snapshot) of it.
+// What the simulator observed: quota decisions (and which of them a sidecar answered from its
+// fallback), commits (and which a sidecar queued), releases and RPC errors per tenant/team,
+// the latest state of every policy limit it was shown, and the report-only usage the sidecars
+// accepted per application. The reporter reads consistent copies (Snapshot) of it.
 //
 // Thread-safety: every method is thread-safe (one mutex; calls are cheap).
 #ifndef TOKENMETER_SERVICES_SIMULATOR_STATS_H_
@@ -14,8 +15,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/support/status.h"
-#include "tokenmeter/v1/ingest.pb.h"
 #include "tokenmeter/v1/quota.pb.h"
+#include "tokenmeter/v1/sidecar.pb.h"
 
 namespace tokenmeter::simulator {
 
@@ -36,6 +37,12 @@ struct LimitSeen {
   uint64_t sequence = 0;  // Order of observation.
 };
 
+// Report-only usage of one application that a sidecar accepted (durably queued).
+struct ReportedUsage {
+  uint64_t events = 0;
+  uint64_t total_tokens = 0;  // input + output.
+};
+
 struct StatsSnapshot {
   // (tenant, team) -> stats.
   std::map<std::pair<std::string, std::string>, TeamStats> teams;
@@ -44,13 +51,17 @@ struct StatsSnapshot {
   // "Method CODE_NAME" -> count.
   std::map<std::string, uint64_t> rpc_errors;
   uint64_t reserves = 0;
-  uint64_t ingest_batches = 0;
-  uint64_t ingest_events_applied = 0;
-  uint64_t ingest_events_duplicate = 0;
-  uint64_t ingest_events_rejected = 0;
-  uint64_t ingest_events_dropped = 0;
-  // Outcome name -> batches, for outcomes other than APPLIED.
-  std::map<std::string, uint64_t> ingest_outcomes;
+  // Reserve decisions a sidecar made from the policy's failure mode (decision.fallback): the
+  // owner shard was unreachable.
+  uint64_t fallback_allowed = 0;
+  uint64_t fallback_denied = 0;
+  // Commits a sidecar stored for later delivery (CommitResponse.queued): shard unreachable.
+  uint64_t commits_queued = 0;
+  // application -> usage accepted by a sidecar's ReportService.
+  std::map<std::string, ReportedUsage> reported;
+  uint64_t report_calls = 0;          // Report calls answered OK.
+  uint64_t report_retries = 0;        // Report calls repeated (same event_ids) after an error.
+  uint64_t report_events_failed = 0;  // Events of calls given up on (never accepted).
 };
 
 class Stats {
@@ -58,11 +69,16 @@ class Stats {
   // A Reserve answer for `tenant`/`team` asking `estimate_tokens`.
   void RecordDecision(const std::string& tenant, const std::string& team,
                       const v1::QuotaDecision& decision, uint64_t estimate_tokens);
-  void RecordCommit(const std::string& tenant, const std::string& team, uint64_t tokens);
+  // A successful Commit of `tokens` actual total tokens; `queued` as the sidecar answered.
+  void RecordCommit(const std::string& tenant, const std::string& team, uint64_t tokens,
+                    bool queued);
   void RecordRelease(const std::string& tenant, const std::string& team);
   void RecordRpcError(const std::string& method, const grpc::Status& status);
-  void RecordIngestAck(const v1::IngestAck& ack);
-  void RecordIngestDropped(uint64_t events);
+  // A Report call answered OK: every event of `request` is accepted.
+  void RecordReportAccepted(const v1::ReportRequest& request);
+  void RecordReportRetry();
+  // A Report call given up on: its `events` were not accepted.
+  void RecordReportFailed(uint64_t events);
 
   StatsSnapshot Snapshot() const;
 

@@ -15,24 +15,45 @@ void ToProto(const Tokens& t, v1::TokenCounts* proto) {
   proto->set_reasoning(t.reasoning);
 }
 
+// The sidecar did not answer (or, for Report, its queue is full): the same call may succeed
+// later, and repeating it is safe (idempotent by reservation_id / event_id).
 bool Retryable(const grpc::Status& s) {
   return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
          s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
 }
+bool RetryableReport(const grpc::Status& s) {
+  return Retryable(s) || s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+}
 
 constexpr int kCloseAttempts = 3;
+// Most events per Report call (sidecar.proto).
+constexpr int kMaxEventsPerReport = 1000;
+
+v1::UsageEvent ReportOnlyEvent(Rng& rng, const ReportOnlyApp& app, std::string event_id,
+                               absl::Time now) {
+  const ModelChoice& model = PickModel(rng, app.models);
+  v1::UsageEvent e;
+  e.set_event_id(std::move(event_id));
+  e.set_tenant(app.tenant);
+  e.set_team(app.team);
+  e.set_user(app.user);
+  e.set_application(app.application);
+  e.set_provider(model.provider);
+  e.set_model(model.model);
+  ToProto(DrawBatchTokens(rng), e.mutable_tokens());
+  e.mutable_occurred_at()->set_seconds(absl::ToUnixSeconds(now));
+  return e;
+}
 
 }  // namespace
 
-TrafficDriver::TrafficDriver(const Fleet* fleet, const common::ShardRouter* router, Stats* stats,
-                             IngestProducer* producer, TrafficOptions options)
-    : fleet_(fleet),
-      router_(router),
-      stats_(stats),
-      producer_(producer),
-      options_(std::move(options)) {
-  for (int i = 0; i < router_->shard_count(); ++i) {
-    stubs_.push_back(v1::QuotaService::NewStub(router_->channel(i)));
+TrafficDriver::TrafficDriver(const Fleet* fleet,
+                             const std::vector<std::shared_ptr<grpc::Channel>>& sidecars,
+                             Stats* stats, TrafficOptions options)
+    : fleet_(fleet), stats_(stats), options_(std::move(options)) {
+  for (const std::shared_ptr<grpc::Channel>& channel : sidecars) {
+    quota_stubs_.push_back(v1::QuotaService::NewStub(channel));
+    report_stubs_.push_back(v1::ReportService::NewStub(channel));
   }
   for (const Team& t : fleet_->teams) {
     (t.workload == Workload::kAgent ? agent_teams_ : chat_teams_).push_back(&t);
@@ -52,7 +73,7 @@ void TrafficDriver::Start() {
       threads_.emplace_back([this, worker] { AgentWorker(worker); });
     }
   }
-  if (producer_ != nullptr && options_.ingest_rate > 0 && !fleet_->apps.empty()) {
+  if (options_.report_rate > 0 && !fleet_->apps.empty()) {
     threads_.emplace_back([this] { ReportOnlyLoop(); });
   }
 }
@@ -74,7 +95,7 @@ std::unique_ptr<grpc::ClientContext> TrafficDriver::NewContext() const {
 TrafficDriver::CallResult TrafficDriver::MakeCall(int worker, const Call& call,
                                                   absl::Duration* retry_after) {
   const std::string& tenant = call.team->tenant;
-  v1::QuotaService::Stub& stub = *stubs_[router_->OwnerOf(tenant)];
+  v1::QuotaService::Stub& stub = *quota_stubs_[call.team->sidecar];
   v1::ReserveRequest reserve;
   reserve.set_reservation_id(absl::StrCat(options_.id_prefix, "-w", worker, "-", ++next_id_));
   v1::Scope* scope = reserve.mutable_scope();
@@ -127,7 +148,9 @@ grpc::Status TrafficDriver::CloseReservation(v1::QuotaService::Stub& stub, const
     ToProto(call.shape.actual, commit.mutable_actual());
     v1::CommitResponse response;
     status = stub.Commit(NewContext().get(), commit, &response);
-    if (status.ok()) stats_->RecordCommit(tenant, call.team->team, call.shape.actual.total());
+    if (status.ok()) {
+      stats_->RecordCommit(tenant, call.team->team, call.shape.actual.total(), response.queued());
+    }
   }
   return status;
 }
@@ -184,26 +207,46 @@ void TrafficDriver::ReportOnlyLoop() {
   const absl::Duration tick = absl::Milliseconds(50);
   double owed = 0;
   uint64_t n = 0;
+  std::vector<v1::ReportRequest> pending(report_stubs_.size());  // Per sidecar.
   while (Pause(tick)) {
-    owed += options_.ingest_rate * absl::ToDoubleSeconds(tick);
+    owed += options_.report_rate * absl::ToDoubleSeconds(tick);
     const absl::Time now = absl::Now();
     for (; owed >= 1; owed -= 1) {
       const ReportOnlyApp& app =
           fleet_->apps[std::uniform_int_distribution<size_t>(0, fleet_->apps.size() - 1)(rng)];
-      const ModelChoice& model = PickModel(rng, app.models);
-      const Tokens tokens = DrawBatchTokens(rng);
-      v1::UsageEvent e;
-      e.set_event_id(absl::StrCat(options_.id_prefix, "-e", ++n));
-      e.set_tenant(app.tenant);
-      e.set_team(app.team);
-      e.set_user(app.user);
-      e.set_application(app.application);
-      e.set_provider(model.provider);
-      e.set_model(model.model);
-      ToProto(tokens, e.mutable_tokens());
-      e.mutable_occurred_at()->set_seconds(absl::ToUnixSeconds(now));
-      producer_->Add(std::move(e));
+      v1::ReportRequest& request = pending[app.sidecar];
+      *request.add_events() =
+          ReportOnlyEvent(rng, app, absl::StrCat(options_.id_prefix, "-e", ++n), now);
+      if (request.events_size() == kMaxEventsPerReport) {
+        SendReport(app.sidecar, request);
+        request.Clear();
+      }
     }
+    for (size_t sidecar = 0; sidecar < pending.size(); ++sidecar) {
+      if (pending[sidecar].events_size() == 0) continue;
+      SendReport(static_cast<int>(sidecar), pending[sidecar]);
+      pending[sidecar].Clear();
+    }
+  }
+}
+
+void TrafficDriver::SendReport(int sidecar, const v1::ReportRequest& request) {
+  // Bounded by report_attempts; the backoff is short (at most ~1.5 s in all by default).
+  for (int attempt = 1;; ++attempt) {
+    v1::ReportResponse response;
+    const grpc::Status status =
+        report_stubs_[sidecar]->Report(NewContext().get(), request, &response);
+    if (status.ok()) {
+      stats_->RecordReportAccepted(request);
+      return;
+    }
+    stats_->RecordRpcError("Report", status);
+    if (!RetryableReport(status) || attempt >= options_.report_attempts) {
+      stats_->RecordReportFailed(request.events_size());
+      return;
+    }
+    stats_->RecordReportRetry();
+    absl::SleepFor(absl::Milliseconds(100 << std::min(attempt - 1, 3)));
   }
 }
 

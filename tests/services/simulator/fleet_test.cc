@@ -49,6 +49,27 @@ TEST(FleetTest, TheTokenmaxxingTeamIsTheOneTheLocalPoliciesBudget) {
   EXPECT_EQ(fleet.tenants, (std::vector<std::string>{"acme", "globex", "initech", "umbrella"}));
 }
 
+TEST(FleetTest, SidecarsAreDealtRoundRobinToTeamsThenApps) {
+  Fleet fleet = DefaultFleet();
+  for (const Team& team : fleet.teams) EXPECT_EQ(team.sidecar, 0);
+  AssignSidecars(2, &fleet);
+  std::vector<int> assignment;
+  for (const Team& team : fleet.teams) assignment.push_back(team.sidecar);
+  for (const ReportOnlyApp& app : fleet.apps) assignment.push_back(app.sidecar);
+  ASSERT_EQ(assignment.size(), 16u);
+  for (size_t i = 0; i < assignment.size(); ++i) EXPECT_EQ(assignment[i], i % 2) << i;
+  EXPECT_EQ(fleet.teams[0].team, "agents");  // The tokenmaxxing team's pod: sidecar 0.
+  // The same fleet and count give the same assignment; a single sidecar serves everyone.
+  Fleet again = DefaultFleet();
+  AssignSidecars(2, &again);
+  for (size_t i = 0; i < fleet.apps.size(); ++i) {
+    EXPECT_EQ(again.apps[i].sidecar, fleet.apps[i].sidecar);
+  }
+  AssignSidecars(1, &again);
+  for (const Team& team : again.teams) EXPECT_EQ(team.sidecar, 0);
+  for (const ReportOnlyApp& app : again.apps) EXPECT_EQ(app.sidecar, 0);
+}
+
 TEST(FleetTest, CallShapesKeepTokenInvariants) {
   Rng rng(42);
   const ModelChoice reasoning{"openai", "o4-mini"};
