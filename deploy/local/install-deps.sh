@@ -16,6 +16,8 @@ PACKAGES=(
   iproute2 nftables e2fsprogs util-linux
   # observability tests: promtool + Prometheus server, YAML lint, dashboard schema check (npm)
   prometheus yamllint python3-yaml nodejs
+  # Kubernetes tests: build, inspect and run the OCI image (podman runs it with runc)
+  buildah skopeo podman runc
 )
 # Debian's nodejs comes without npm; a nodejs from elsewhere (e.g. NodeSource) bundles it.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)

@@ -77,7 +77,8 @@ struct ScopeArgs {
   std::string tenant, team, user, api_key, provider, model;
   v1::Scope ToProto() const;
 };
-void AddScopeOptions(CLI::App* cmd, ScopeArgs* scope, bool with_model);
+// request_scope: the command sends a quota call, which needs --team and --user.
+void AddScopeOptions(CLI::App* cmd, ScopeArgs* scope, bool with_model, bool request_scope);
 
 // Token flags (--input, --cached-input, --output, --reasoning).
 struct TokenArgs {

@@ -64,10 +64,12 @@ v1::Scope ScopeArgs::ToProto() const {
   return scope;
 }
 
-void AddScopeOptions(CLI::App* cmd, ScopeArgs* scope, bool with_model) {
+void AddScopeOptions(CLI::App* cmd, ScopeArgs* scope, bool with_model, bool request_scope) {
   cmd->add_option("--tenant", scope->tenant, "tenant (routing key)")->required();
-  cmd->add_option("--team", scope->team, "team inside the tenant");
-  cmd->add_option("--user", scope->user, "user or service account (needs --team)");
+  // A quota call names the caller in full; a usage query may stop at any level.
+  cmd->add_option("--team", scope->team, "team inside the tenant")->required(request_scope);
+  cmd->add_option("--user", scope->user, "user or service account (needs --team)")
+      ->required(request_scope);
   cmd->add_option("--api-key", scope->api_key, "API key id (needs --user)");
   if (!with_model) return;
   cmd->add_option("--provider", scope->provider, "model provider, e.g. openai");

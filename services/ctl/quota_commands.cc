@@ -115,14 +115,14 @@ void AddQuotaCommands(CLI::App& app, const Ctl* ctl, Action* action) {
   auto check = std::make_shared<CheckArgs>();
   CLI::App* cmd = app.add_subcommand(
       "check", "would this usage fit every limit now? (changes nothing; exit 3 if denied)");
-  AddScopeOptions(cmd, &check->scope, /*with_model=*/true);
+  AddScopeOptions(cmd, &check->scope, /*with_model=*/true, /*request_scope=*/true);
   AddTokenOptions(cmd, &check->tokens);
   cmd->callback([=] { *action = [=] { return RunCheck(*ctl, *check); }; });
 
   auto reserve = std::make_shared<ReserveArgs>();
   cmd = app.add_subcommand("reserve", "hold an estimate against every limit (exit 3 if denied)");
   cmd->add_option("--id", reserve->id, "reservation id (default: generated)");
-  AddScopeOptions(cmd, &reserve->scope, /*with_model=*/true);
+  AddScopeOptions(cmd, &reserve->scope, /*with_model=*/true, /*request_scope=*/true);
   AddTokenOptions(cmd, &reserve->tokens);
   cmd->add_option("--ttl-ms", reserve->ttl_ms, "time to live; 0 = server default")
       ->capture_default_str();

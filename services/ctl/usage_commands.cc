@@ -162,7 +162,7 @@ int RunTop(const Ctl& ctl, const TopArgs& args) {
 void AddUsageCommands(CLI::App& app, const Ctl* ctl, Action* action) {
   auto usage = std::make_shared<UsageArgs>();
   CLI::App* cmd = app.add_subcommand("usage", "usage of one scope as a time series");
-  AddScopeOptions(cmd, &usage->scope, /*with_model=*/true);
+  AddScopeOptions(cmd, &usage->scope, /*with_model=*/true, /*request_scope=*/false);
   cmd->add_option("--granularity", usage->granularity, "10s | hour | day | month")
       ->capture_default_str();
   cmd->add_option("--from", usage->from,
