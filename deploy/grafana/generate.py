@@ -344,6 +344,18 @@ def quota_dashboard():
     lay.add(timeseries("Decisions per second by operation and result", "check / reserve.",
                        [target("sum by (op, result) (rate(%s%s))" % (dec, rate),
                                "{{op}} {{result}}")], "reqps"), 12)
+    lay.add(timeseries("Decisions per second by team and result",
+                       "Which team is allowed and which is denied: a tokenmaxxing team shows "
+                       "up as a denied series.",
+                       [target("sum by (tenant, team, result) (rate(tokenmeter_quota_scope_"
+                               "decisions_total%s))" % rate, "{{tenant}}/{{team}} {{result}}")],
+                       "reqps"), 12)
+    lay.add(bargauge("Budget burn: top 20 limits (used + held / limit)",
+                     "Each limit's burn at its last decision; 100% = exhausted (enforced "
+                     "limits deny from there).",
+                     "topk(20, max by (policy, scope, metric, window) "
+                     "(tokenmeter_quota_limit_used_ratio))",
+                     "{{policy}} {{scope}} {{metric}}/{{window}}", "percentunit"), 12, 10)
     lay.add(timeseries("Denied share by operation", "Share of decisions denied.",
                        [target(ratio("denied", i, " by (op)"), "{{op}}")], "percentunit"), 12)
     lay.add(timeseries("Shadow-denied share by operation",
