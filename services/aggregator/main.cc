@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "services/aggregator/server.h"
 #include "services/common/clock.h"
 #include "services/common/log.h"
@@ -100,6 +101,9 @@ int main(int argc, char** argv) {
                  "series cap per usage family; label sets past it are folded into \"other\"")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  // Debian's abseil checks every mutex acquisition for lock-order cycles (~6% of CPU on the
+  // quota path); our lock order is fixed and annotated, so skip the check.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   if (index_from_hostname) {
     auto index = ShardIndexFromHostname();
     if (!index.ok()) {

@@ -6,6 +6,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "services/common/log.h"
 #include "services/sidecar/sidecar_server.h"
 
@@ -50,6 +51,9 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-listen", options.metrics_listen,
                  "host:port serving /metrics, /healthz, /readyz (e.g. 0.0.0.0:9401; \"\" = off)");
   CLI11_PARSE(app, argc, argv);
+  // Debian's abseil checks every mutex acquisition for lock-order cycles (~6% of CPU on the
+  // quota path); our lock order is fixed and annotated, so skip the check.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   tokenmeter::common::InitLog("sidecar", tokenmeter::common::LogLevel::kInfo);
   auto targets = tokenmeter::sidecar::ShardTargets(aggregators, templ, shard_count);
   if (!targets.ok()) {

@@ -23,10 +23,10 @@
 namespace tokenmeter::sidecar {
 
 struct SenderOptions {
-  // Most events per batch. Default: 1000.
-  size_t max_batch_events = 1000;
-  // Batches in flight per stream. Default: 8.
-  int window = 8;
+  // Most events per batch. Default: 5000 (bigger batches, bigger shard commit groups).
+  size_t max_batch_events = 5000;
+  // Batches in flight per stream. Default: 32.
+  int window = 32;
   // How often an idle sender looks for new events (appends also wake it). Default: 50 ms.
   absl::Duration idle_poll = absl::Milliseconds(50);
   // An unacked batch older than this breaks the stream (silent network loss). Default: 10 s.

@@ -35,7 +35,8 @@ struct SidecarOptions {
   absl::Duration quota_deadline = absl::Milliseconds(250);
   aggregator::FailureMode default_failure_mode = aggregator::FailureMode::kOpen;
   absl::Duration policy_refresh = absl::Seconds(30);
-  int workers = 8;
+  // Threads for blocking work; each blocks in a synced write, so more = bigger fsync groups.
+  int workers = 32;
   aggregator::EventLimits limits;
   // host:port of /metrics, /healthz, /readyz ("" = off; port 0 = any).
   std::string metrics_listen;

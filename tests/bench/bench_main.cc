@@ -9,6 +9,7 @@ namespace {
 
 using tokenmeter::bench::IngestBenchOptions;
 using tokenmeter::bench::QuotaBenchOptions;
+using tokenmeter::bench::RelayIngestOptions;
 
 void AddSeconds(CLI::App* app, const std::string& name, absl::Duration* target,
                 const std::string& help) {
@@ -29,6 +30,26 @@ void AddIngestFlags(CLI::App* app, IngestBenchOptions* o) {
   app->add_option("--result-prefix", o->result_prefix, "prefix of RESULT keys")->required();
 }
 
+// The two-hop drivers: Report calls of 100 events (RPUSH for Redis), 1,000,000 events.
+void AddRelayFlags(CLI::App* app, RelayIngestOptions* o, const std::string& count_help) {
+  o->ingest.events = 1'000'000;
+  o->ingest.batch_events = 100;
+  o->ingest.max_time = absl::Seconds(60);
+  AddIngestFlags(app, &o->ingest);
+  app->add_option("--count-target", o->count_target, count_help)->required();
+  AddSeconds(app, "--drain-seconds", &o->drain_time,
+             "after the last accepted event, how long counting them all may take");
+  app->add_option("--relay-batch-events", o->relay_batch_events,
+                  "Redis relay: events per forwarded batch")
+      ->capture_default_str();
+  app->add_option("--relay-window", o->relay_window, "Redis relay: forwarded batches in flight")
+      ->capture_default_str();
+  app->add_option("--relay-connections", o->relay_connections,
+                  "Redis relay: connections to the central Redis")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+}
+
 void AddQuotaFlags(CLI::App* app, QuotaBenchOptions* o) {
   app->add_option("--target", o->target, "server address host:port")->required();
   app->add_option("--in-flight", o->in_flight, "pairs in flight at saturation")
@@ -43,10 +64,16 @@ void AddQuotaFlags(CLI::App* app, QuotaBenchOptions* o) {
                   "most pairs outstanding in the paced phase")
       ->capture_default_str();
   app->add_option_function<double>(
-         "--half-load-seconds", [o](double seconds) { o->half_load_time = absl::Seconds(seconds); },
-         "length of the paced phase at half the saturation rate (0 = skip)")
+         "--half-load-seconds,--load-seconds",
+         [o](double seconds) { o->half_load_time = absl::Seconds(seconds); },
+         "length of the paced phase at --load-fraction of the saturation rate (0 = skip)")
       ->default_str(std::to_string(absl::ToDoubleSeconds(o->half_load_time)))
       ->check(CLI::NonNegativeNumber);
+  app->add_option(
+         "--load-fraction", o->load_fraction,
+         "that phase's share of the saturation rate (0.5: phase \"half\", else \"pct<N>\")")
+      ->capture_default_str()
+      ->check(CLI::Range(0.001, 1.0));
   app->add_option("--result-prefix", o->result_prefix, "prefix of RESULT keys")->required();
 }
 
@@ -59,13 +86,22 @@ int main(int argc, char** argv) {
   IngestBenchOptions redis_ingest;
   QuotaBenchOptions quota;
   QuotaBenchOptions redis_quota;
+  RelayIngestOptions sidecar_ingest;
+  RelayIngestOptions redis_relay;
   std::string data_dir;
   CLI::App* ingest_cmd = app.add_subcommand("ingest", "durable batch ingest into one shard");
   AddIngestFlags(ingest_cmd, &ingest);
   CLI::App* redis_ingest_cmd =
       app.add_subcommand("redis-ingest", "the same events into Redis (HINCRBY + SET NX EX)");
   AddIngestFlags(redis_ingest_cmd, &redis_ingest);
-  CLI::App* quota_cmd = app.add_subcommand("quota", "Reserve+Commit pairs against one shard");
+  CLI::App* sidecar_ingest_cmd = app.add_subcommand(
+      "sidecar-ingest", "Report into a sidecar; wait until its shard counted everything");
+  AddRelayFlags(sidecar_ingest_cmd, &sidecar_ingest, "the shard behind the sidecar (GetUsage)");
+  CLI::App* redis_relay_cmd = app.add_subcommand(
+      "redis-relay-ingest", "RPUSH to a local Redis, relay to a central one (HINCRBY + SET NX)");
+  AddRelayFlags(redis_relay_cmd, &redis_relay, "the central Redis host:port");
+  CLI::App* quota_cmd =
+      app.add_subcommand("quota", "Reserve+Commit pairs against a shard or a sidecar");
   AddQuotaFlags(quota_cmd, &quota);
   CLI::App* redis_quota_cmd =
       app.add_subcommand("redis-quota", "Reserve+Commit pairs as Redis Lua scripts");
@@ -77,6 +113,8 @@ int main(int argc, char** argv) {
 
   if (ingest_cmd->parsed()) return tokenmeter::bench::RunTokenmeterIngest(ingest);
   if (redis_ingest_cmd->parsed()) return tokenmeter::bench::RunRedisIngest(redis_ingest);
+  if (sidecar_ingest_cmd->parsed()) return tokenmeter::bench::RunSidecarIngest(sidecar_ingest);
+  if (redis_relay_cmd->parsed()) return tokenmeter::bench::RunRedisRelayIngest(redis_relay);
   if (quota_cmd->parsed()) return tokenmeter::bench::RunTokenmeterQuota(quota);
   if (redis_quota_cmd->parsed()) return tokenmeter::bench::RunRedisQuota(redis_quota);
   return tokenmeter::bench::RunCompact(data_dir);

@@ -59,6 +59,26 @@ TokenSample Workload::NextTokens() {
   return t;
 }
 
+void FillUsageEvent(Workload& workload, const std::string& event_id, int64_t now_s,
+                    v1::UsageEvent* e) {
+  e->set_event_id(event_id);
+  const Actor& actor = workload.NextActor();
+  e->set_tenant(actor.tenant);
+  e->set_team(actor.team);
+  e->set_user(actor.user);
+  e->set_application("bench-app");
+  const ModelRef& model = workload.NextModel();
+  e->set_provider(model.provider);
+  e->set_model(model.model);
+  const TokenSample t = workload.NextTokens();
+  v1::TokenCounts* tokens = e->mutable_tokens();
+  tokens->set_input(t.input);
+  tokens->set_cached_input(t.cached_input);
+  tokens->set_output(t.output);
+  tokens->set_reasoning(t.reasoning);
+  e->mutable_occurred_at()->set_seconds(now_s);
+}
+
 void LatencyRecorder::Add(absl::Duration d) {
   const int64_t nanos = absl::ToInt64Nanoseconds(d);
   absl::MutexLock lock(&mu_);
@@ -116,21 +136,34 @@ void PrintResultText(const std::string& key, const std::string& value) {
 void PrintQuotaPhase(const std::string& prefix, const QuotaPhaseReport& r) {
   const double p50 = r.latency->PercentileMs(50);
   const double p99 = r.latency->PercentileMs(99);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double reserve_p50 = r.reserve_latency ? r.reserve_latency->PercentileMs(50) : nan;
+  const double reserve_p99 = r.reserve_latency ? r.reserve_latency->PercentileMs(99) : nan;
   std::printf(
       "%s quota %s: %lld pairs in %.2f s = %.0f pairs/s; pair latency p50 %.2f ms "
-      "p99 %.2f ms; %lld unfinished, %lld errors, %lld denied\n",
+      "p99 %.2f ms (Reserve alone p50 %.3f ms p99 %.3f ms); %lld unfinished, %lld errors, "
+      "%lld denied, %lld fallback\n",
       r.system.c_str(), r.phase.c_str(), static_cast<long long>(r.pairs), r.seconds,
-      r.pairs / r.seconds, p50, p99, static_cast<long long>(r.latency->unfinished()),
-      static_cast<long long>(r.errors), static_cast<long long>(r.denied));
+      r.pairs / r.seconds, p50, p99, reserve_p50, reserve_p99,
+      static_cast<long long>(r.latency->unfinished()), static_cast<long long>(r.errors),
+      static_cast<long long>(r.denied), static_cast<long long>(r.fallback));
   if (!r.first_problem.empty()) std::printf("  first problem: %s\n", r.first_problem.c_str());
   const std::string p = absl::StrCat(prefix, ".", r.phase);
   PrintResult(p + "_pairs", static_cast<double>(r.pairs));
   PrintResult(p + "_pairs_per_s", r.pairs / r.seconds);
   PrintResult(p + "_p50_ms", p50);
   PrintResult(p + "_p99_ms", p99);
+  PrintResult(p + "_reserve_p50_ms", reserve_p50);
+  PrintResult(p + "_reserve_p99_ms", reserve_p99);
   PrintResult(p + "_unfinished", static_cast<double>(r.latency->unfinished()));
   PrintResult(p + "_errors", static_cast<double>(r.errors));
   PrintResult(p + "_denied", static_cast<double>(r.denied));
+  PrintResult(p + "_fallback", static_cast<double>(r.fallback));
+}
+
+std::string LoadPhaseName(double fraction) {
+  if (fraction == 0.5) return "half";
+  return absl::StrCat("pct", std::lround(fraction * 100));
 }
 
 bool SplitHostPort(const std::string& address, std::string* host, int* port) {

@@ -17,6 +17,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "tokenmeter/v1/event.pb.h"
 
 namespace tokenmeter::bench {
 
@@ -62,6 +63,10 @@ class Workload {
   std::mt19937_64 rng_;
 };
 
+// Fills `e` with the next event of `workload` (actor, model, tokens), occurred at `now_s`.
+void FillUsageEvent(Workload& workload, const std::string& event_id, int64_t now_s,
+                    v1::UsageEvent* e);
+
 // Collects latency samples; Percentile() sorts a copy.
 class LatencyRecorder {
  public:
@@ -92,13 +97,22 @@ struct QuotaPhaseReport {
   int64_t pairs = 0;   // Reserve+Commit pairs completed.
   int64_t denied = 0;  // Reserves denied (never expected: the limits are far away).
   int64_t errors = 0;  // Calls that failed or timed out.
+  // Reserves a sidecar answered from its failure mode (shard too slow or down): counted as
+  // unfinished, since no shard decided them.
+  int64_t fallback = 0;
   double seconds = 0;
   const LatencyRecorder* latency = nullptr;
+  // Reserve alone: from the pair's intended start to the Reserve answer.
+  const LatencyRecorder* reserve_latency = nullptr;
   std::string first_problem;
 };
 // Prints the phase as a line plus RESULT <prefix>.<phase>_{pairs,pairs_per_s,p50_ms,p99_ms,
-// unfinished,errors,denied}.
+// reserve_p50_ms,reserve_p99_ms,unfinished,errors,denied,fallback}.
 void PrintQuotaPhase(const std::string& prefix, const QuotaPhaseReport& report);
+
+// The name of the quota phase paced at `fraction` of the saturation rate: "half" for 0.5, else
+// "pct<N>" (N = percent, rounded), e.g. "pct10".
+std::string LoadPhaseName(double fraction);
 
 // Splits "host:port"; false if malformed.
 bool SplitHostPort(const std::string& address, std::string* host, int* port);

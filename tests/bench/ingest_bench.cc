@@ -71,23 +71,8 @@ void Producer::FillBatch(uint64_t seq, v1::IngestBatch* batch) {
   while (batch->events_size() < n) batch->add_events();
   const int64_t now_s = absl::ToUnixSeconds(absl::Now());
   for (int i = 0; i < n; ++i) {
-    v1::UsageEvent* e = batch->mutable_events(i);
-    e->set_event_id(absl::StrCat("p", index_, "-", seq, "-", i));
-    const Actor& actor = workload_.NextActor();
-    e->set_tenant(actor.tenant);
-    e->set_team(actor.team);
-    e->set_user(actor.user);
-    e->set_application("bench-app");
-    const ModelRef& model = workload_.NextModel();
-    e->set_provider(model.provider);
-    e->set_model(model.model);
-    const TokenSample t = workload_.NextTokens();
-    v1::TokenCounts* tokens = e->mutable_tokens();
-    tokens->set_input(t.input);
-    tokens->set_cached_input(t.cached_input);
-    tokens->set_output(t.output);
-    tokens->set_reasoning(t.reasoning);
-    e->mutable_occurred_at()->set_seconds(now_s);
+    FillUsageEvent(workload_, absl::StrCat("p", index_, "-", seq, "-", i), now_s,
+                   batch->mutable_events(i));
   }
 }
 

@@ -35,6 +35,7 @@ class QuotaPhase {
 
   void set_stop_at(absl::Time t) { stop_at_ = t; }
   LatencyRecorder& latency() { return latency_; }
+  LatencyRecorder& reserve_latency() { return reserve_latency_; }
   QuotaPhaseReport Report(const std::string& phase, double seconds);
 
  private:
@@ -56,8 +57,10 @@ class QuotaPhase {
   const std::vector<std::unique_ptr<v1::QuotaService::Stub>>* const stubs_;
   absl::Time stop_at_ = absl::InfinitePast();
   LatencyRecorder latency_;
+  LatencyRecorder reserve_latency_;
   std::atomic<int64_t> pairs_{0};
   std::atomic<int64_t> denied_{0};
+  std::atomic<int64_t> fallback_{0};
   std::atomic<int64_t> errors_{0};
   absl::Mutex mu_;
   Workload workload_ ABSL_GUARDED_BY(mu_);
@@ -96,7 +99,21 @@ void QuotaPhase::StartPair(absl::Time intended, absl::Time deadline, bool again)
 }
 
 void QuotaPhase::OnReserved(Pair* pair, const grpc::Status& status) {
-  if (!status.ok()) return Finish(pair, false, status);
+  if (!status.ok()) {
+    reserve_latency_.AddUnfinished(1);
+    return Finish(pair, false, status);
+  }
+  if (pair->decision.fallback()) {  // A sidecar answered for an unreachable shard.
+    fallback_.fetch_add(1);
+    reserve_latency_.AddUnfinished(1);
+    latency_.AddUnfinished(1);
+    {
+      absl::MutexLock lock(&mu_);
+      if (first_problem_.empty()) first_problem_ = "fallback: " + pair->decision.fallback_reason();
+    }
+    return Finish(pair, false, grpc::Status::OK);
+  }
+  reserve_latency_.Add(absl::Now() - pair->intended);
   if (pair->decision.result() != v1::QuotaDecision::ALLOWED) {
     denied_.fetch_add(1);
     return Finish(pair, false, grpc::Status::OK);
@@ -150,9 +167,11 @@ QuotaPhaseReport QuotaPhase::Report(const std::string& phase, double seconds) {
   r.phase = phase;
   r.pairs = pairs_.load();
   r.denied = denied_.load();
+  r.fallback = fallback_.load();
   r.errors = errors_.load();
   r.seconds = seconds;
   r.latency = &latency_;
+  r.reserve_latency = &reserve_latency_;
   absl::MutexLock lock(&mu_);
   r.first_problem = first_problem_;
   return r;
@@ -187,7 +206,9 @@ void RunPaced(const QuotaBenchOptions& options, const std::string& name, double 
     phase.StartPair(intended, deadline, /*again=*/false);
     ++started;
   }
-  phase.latency().AddUnfinished(planned - started);  // Never got a slot before the deadline.
+  // Never got a slot before the deadline.
+  phase.latency().AddUnfinished(planned - started);
+  phase.reserve_latency().AddUnfinished(planned - started);
   phase.WaitIdle();
   std::printf("tokenmeter quota %s: offered %.0f pairs/s for %.1f s (%lld planned, %lld started)\n",
               name.c_str(), rate, absl::ToDoubleSeconds(length), static_cast<long long>(planned),
@@ -219,11 +240,12 @@ int RunTokenmeterQuota(const QuotaBenchOptions& options) {
     QuotaPhase phase(&stubs, options.seed, absl::StrCat("bench-", nonce, "-s-"));
     saturated = RunSaturation(options, phase);
   }
-  // Half load before the fixed rate: an overloaded fixed-rate phase can leave the server with
-  // a backlog of abandoned calls that would distort whatever runs next.
+  // Fractional load before the fixed rate: an overloaded fixed-rate phase can leave the server
+  // with a backlog of abandoned calls that would distort whatever runs next.
   if (options.half_load_time > absl::ZeroDuration() && saturated > 0) {
     QuotaPhase phase(&stubs, options.seed + 2, absl::StrCat("bench-", nonce, "-h-"));
-    RunPaced(options, "half", saturated / 2, options.half_load_time, phase);
+    RunPaced(options, LoadPhaseName(options.load_fraction), saturated * options.load_fraction,
+             options.half_load_time, phase);
   }
   {
     QuotaPhase phase(&stubs, options.seed + 1, absl::StrCat("bench-", nonce, "-p-"));

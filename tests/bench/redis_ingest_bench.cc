@@ -43,7 +43,7 @@ struct RedisIngestShared {
   }
 };
 
-constexpr int kCommandsPerEvent = 10;
+constexpr int kCommandsPerEvent = kRedisCountCommands;
 
 void AppendBatch(int producer, int64_t seq, int events, Workload& workload, RespConnection& redis) {
   const std::string day = absl::StrCat(absl::ToUnixSeconds(absl::Now()) / 86400);
@@ -51,19 +51,8 @@ void AppendBatch(int producer, int64_t seq, int events, Workload& workload, Resp
     const Actor& a = workload.NextActor();
     const TokenSample t = workload.NextTokens();
     workload.NextModel();  // Same draws as the tokenmeter driver; Redis counts no model scope.
-    const std::string tag = absl::StrCat("{", a.tenant, "}");
-    redis.Append({"SET", absl::StrCat("ev:", tag, ":p", producer, "-", seq, "-", i), "1", "NX",
-                  "EX", "604800"});
-    const std::string in = absl::StrCat(t.input);
-    const std::string out = absl::StrCat(t.output);
-    const std::string keys[] = {absl::StrCat("c:", tag, ":d", day),
-                                absl::StrCat("c:", tag, ":", a.team, ":d", day),
-                                absl::StrCat("c:", tag, ":", a.team, ":", a.user, ":d", day)};
-    for (const std::string& key : keys) {
-      redis.Append({"HINCRBY", key, "in", in});
-      redis.Append({"HINCRBY", key, "out", out});
-      redis.Append({"HINCRBY", key, "req", "1"});
-    }
+    AppendRedisCount(absl::StrCat("p", producer, "-", seq, "-", i), a.tenant, a.team, a.user,
+                     absl::StrCat(t.input), absl::StrCat(t.output), day, redis);
   }
 }
 
@@ -115,6 +104,21 @@ void RunConnection(int index, RedisIngestShared* shared) {
 }
 
 }  // namespace
+
+void AppendRedisCount(const std::string& event_id, const std::string& tenant,
+                      const std::string& team, const std::string& user, const std::string& input,
+                      const std::string& output, const std::string& day, RespConnection& redis) {
+  const std::string tag = absl::StrCat("{", tenant, "}");
+  redis.Append({"SET", absl::StrCat("ev:", tag, ":", event_id), "1", "NX", "EX", "604800"});
+  const std::string keys[] = {absl::StrCat("c:", tag, ":d", day),
+                              absl::StrCat("c:", tag, ":", team, ":d", day),
+                              absl::StrCat("c:", tag, ":", team, ":", user, ":d", day)};
+  for (const std::string& key : keys) {
+    redis.Append({"HINCRBY", key, "in", input});
+    redis.Append({"HINCRBY", key, "out", output});
+    redis.Append({"HINCRBY", key, "req", "1"});
+  }
+}
 
 int RunRedisIngest(const IngestBenchOptions& options) {
   RedisIngestShared shared;

@@ -72,6 +72,7 @@ struct Shared {
   absl::Time stop_at;  // No new pair after this.
   absl::Time give_up;  // Pairs still open then are unfinished.
   LatencyRecorder latency;
+  LatencyRecorder reserve_latency;
   std::atomic<int64_t> pairs{0};
   std::atomic<int64_t> denied{0};
   std::atomic<int64_t> errors{0};
@@ -134,6 +135,9 @@ class Connection {
   }
   int fd() const { return redis_->fd(); }
   int64_t open() const { return static_cast<int64_t>(fifo_.size()); }
+  int64_t open_reserves() const {
+    return std::count_if(fifo_.begin(), fifo_.end(), [](const Request& r) { return !r.commit; });
+  }
 
  private:
   struct Request {
@@ -163,6 +167,11 @@ void Connection::OnReply(const RespReply& reply) {
   Request r = std::move(fifo_.front());
   fifo_.pop_front();
   const bool again = !shared_->paced && absl::Now() < shared_->stop_at;
+  if (!r.commit && reply.type == RespReply::kInteger) {
+    shared_->reserve_latency.Add(absl::Now() - r.pair.intended);
+  } else if (!r.commit) {
+    shared_->reserve_latency.AddUnfinished(1);
+  }
   if (reply.type != RespReply::kInteger) {
     shared_->errors.fetch_add(1);
     shared_->latency.AddUnfinished(1);
@@ -219,8 +228,13 @@ void DriveConnections(Shared& shared, std::vector<std::unique_ptr<Connection>>& 
   // Pairs never started (paced, no room) or still open at give-up are unfinished.
   int64_t unfinished = 0;
   for (; shared.paced && next < shared.stop_at; next += interval) ++unfinished;
-  for (const auto& c : conns) unfinished += c->open();
+  int64_t reserves_unfinished = unfinished;  // Open Commits have their Reserve answered.
+  for (const auto& c : conns) {
+    unfinished += c->open();
+    reserves_unfinished += c->open_reserves();
+  }
   shared.latency.AddUnfinished(unfinished);
+  shared.reserve_latency.AddUnfinished(reserves_unfinished);
 }
 
 absl::StatusOr<std::string> LoadScript(RespConnection& redis, const char* script) {
@@ -256,6 +270,7 @@ double RunPhase(Shared& shared, const std::string& name, double rate, absl::Dura
   r.errors = shared.errors.load();
   r.seconds = absl::ToDoubleSeconds(absl::Now() - shared.start);
   r.latency = &shared.latency;
+  r.reserve_latency = &shared.reserve_latency;
   {
     absl::MutexLock lock(&shared.mu);
     r.first_problem = shared.first_problem;
@@ -301,7 +316,7 @@ int RunRedisQuota(const QuotaBenchOptions& options) {
     double rate;  // 0 = saturation.
     absl::Duration length;
   };
-  // Order as in the tokenmeter driver: saturation, half load, fixed rate.
+  // Order as in the tokenmeter driver: saturation, fractional load, fixed rate.
   std::vector<PhaseSpec> phases = {{"saturation", 0, options.saturation_time}};
   for (size_t i = 0; i < phases.size(); ++i) {
     Shared shared;
@@ -314,7 +329,8 @@ int RunRedisQuota(const QuotaBenchOptions& options) {
     const double pairs_per_s = RunPhase(shared, phases[i].name, phases[i].rate, phases[i].length);
     if (i == 0) {
       if (options.half_load_time > absl::ZeroDuration() && pairs_per_s > 0) {
-        phases.push_back({"half", pairs_per_s / 2, options.half_load_time});
+        phases.push_back({LoadPhaseName(options.load_fraction), pairs_per_s * options.load_fraction,
+                          options.half_load_time});
       }
       phases.push_back({"paced", options.rate, options.paced_time});
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints the summary table of tests/bench/run.sh from its "RESULT <key> <value>" lines.
 
-Usage: summary.py RESULTS_FILE [--everysec]
+Usage: summary.py RESULTS_FILE [--everysec] [--sidecar-rate R] [--sidecar-fraction F]
 """
 import math
 import sys
@@ -30,9 +30,16 @@ def fmt(v, digits=0):
     return f"{v:,.{digits}f}"
 
 
+def flag_value(name, default):
+    args = sys.argv[2:]
+    return float(args[args.index(name) + 1]) if name in args[:-1] else default
+
+
 def main():
     values = load(sys.argv[1])
     everysec = "--everysec" in sys.argv[2:]
+    sidecar_rate = flag_value("--sidecar-rate", 1000)
+    sidecar_fraction = flag_value("--sidecar-fraction", 0.1)
     get = values.get
 
     def per_million(bytes_key, events_key):
@@ -104,6 +111,8 @@ def main():
     row("disk bytes / 1M events, after flush + full compaction", None, None,
         tm_value=per_million("tm.ingest.disk_compacted", "tm.ingest.events"))
 
+    two_hop_rows(rows, row, get, mib, met, sidecar_rate, sidecar_fraction)
+
     header = ["metric", "tokenmeter", "redis (appendfsync always)", "target"]
     if everysec:
         header.append("redis (appendfsync everysec)")
@@ -116,6 +125,90 @@ def main():
     print("tokenmeter: aggregator flags as printed above (default --durability sync: ack after "
           "the WAL fsync, group-committed). Redis: --save \"\" --appendonly yes, appendfsync as "
           "per column. Drivers, servers and any other load share the machine's cores.")
+    print("Rows marked [2 hops]: tokenmeter = client -> tokenmeter-sidecar (Report answered after "
+          "the fsync of its local queue) -> shard (ack after its WAL fsync); Redis = RPUSH to a "
+          "local Redis, relayed (LRANGE, the ingest commands, LTRIM) to a central Redis, both with "
+          "the column's appendfsync. Rows marked [via sidecar]: tokenmeter through the sidecar; "
+          "Redis direct (a Redis deployment has no proxy hop), same phases and rates.")
+
+
+def two_hop_rows(rows, row, get, mib, met, rate, fraction):
+    """The rows of the two-hop benchmarks (client -> sidecar -> shard, and their Redis peers)."""
+    def pair_text(prefix):
+        return f"{fmt(get(prefix + '_p50_ms'), 3)} / {fmt(get(prefix + '_p99_ms'), 3)}"
+
+    e2e = get("tm.sidecar_ingest.e2e_events_per_s")
+    row("[2 hops] accepted events/s at the first hop (durable ack)",
+        "tm.sidecar_ingest.accepted_events_per_s", "sidecar_ingest.accepted_events_per_s")
+    row("[2 hops] end-to-end events/s (until the shard / central Redis counted all)",
+        "tm.sidecar_ingest.e2e_events_per_s", "sidecar_ingest.e2e_events_per_s",
+        target=f"≥ 500,000 ({met(e2e, lambda v: v >= 5e5)})")
+
+    def accepted_counted(system):
+        prefix = system + ".sidecar_ingest."
+        drained = "" if get(prefix + "drained", 1) else " (NOT all counted)"
+        return f"{fmt(get(prefix + 'accepted'))} / {fmt(get(prefix + 'counted'))}{drained}"
+
+    rows.append(("[2 hops] events accepted / counted", accepted_counted("tm"),
+                 accepted_counted("redis_always"), "", accepted_counted("redis_everysec")))
+    row("[2 hops] Report (RPUSH) call latency p50 (ms)", "tm.sidecar_ingest.call_p50_ms",
+        "sidecar_ingest.call_p50_ms", 2)
+    row("[2 hops] Report (RPUSH) call latency p99 (ms)", "tm.sidecar_ingest.call_p99_ms",
+        "sidecar_ingest.call_p99_ms", 2)
+    row("[via sidecar] Reserve+Commit pairs/s at saturation (64 in flight)",
+        "tm.sidecar_quota.saturation_pairs_per_s", "sidecar_quota.saturation_pairs_per_s")
+    r = f"{rate:,.0f}"
+    row(f"[via sidecar] Reserve latency p50 at {r} pairs/s offered (ms)",
+        "tm.sidecar_quota.paced_reserve_p50_ms", "sidecar_quota.paced_reserve_p50_ms", 3)
+    p99 = get("tm.sidecar_quota.paced_reserve_p99_ms")
+    row(f"[via sidecar] Reserve latency p99 at {r} pairs/s offered (ms)",
+        "tm.sidecar_quota.paced_reserve_p99_ms", "sidecar_quota.paced_reserve_p99_ms", 3,
+        target=f"≤ 2 ms ({met(p99, lambda v: v <= 2.0)})")
+    row(f"[via sidecar] Reserve+Commit pair latency p99 at {r} pairs/s offered (ms)",
+        "tm.sidecar_quota.paced_p99_ms", "sidecar_quota.paced_p99_ms", 3)
+    rows.append((f"[shard direct, no sidecar] Reserve latency p50 / p99 at {r} pairs/s offered "
+                 "(ms)", pair_text("tm.shard_quota.paced_reserve"), "", "", ""))
+    pct = f"pct{round(fraction * 100)}"
+    row(f"[via sidecar] offered pairs/s at {fraction:.0%} of own saturation",
+        f"tm.sidecar_quota.{pct}_rate", f"sidecar_quota.{pct}_rate")
+    row(f"[via sidecar] Reserve latency p50 at {fraction:.0%} of saturation (ms)",
+        f"tm.sidecar_quota.{pct}_reserve_p50_ms", f"sidecar_quota.{pct}_reserve_p50_ms", 3)
+    p99 = get(f"tm.sidecar_quota.{pct}_reserve_p99_ms")
+    row(f"[via sidecar] Reserve latency p99 at {fraction:.0%} of saturation (ms)",
+        f"tm.sidecar_quota.{pct}_reserve_p99_ms", f"sidecar_quota.{pct}_reserve_p99_ms", 3,
+        target=f"≤ 2 ms ({met(p99, lambda v: v <= 2.0)})")
+    rows.append((f"[shard direct, no sidecar] Reserve latency p50 / p99 at {fraction:.0%} of own "
+                 "saturation (ms)", pair_text(f"tm.shard_quota.{pct}_reserve"), "", "", ""))
+    rows.append(("[shard direct, no sidecar] pairs/s at saturation / unfinished at "
+                 f"{r}/s / at {fraction:.0%}",
+                 " / ".join(fmt(get("tm.shard_quota." + k)) for k in
+                            ("saturation_pairs_per_s", "paced_unfinished", pct + "_unfinished")),
+                 "", "", ""))
+
+    def unfinished(system):
+        prefix = system + ".sidecar_quota."
+        return " / ".join(fmt(get(prefix + phase + "_unfinished")) for phase in ("paced", pct))
+
+    rows.append((f"[via sidecar] unfinished pairs at {r}/s / at {fraction:.0%} "
+                 "(incl. sidecar fallback answers)", unfinished("tm"), unfinished("redis_always"),
+                 "", unfinished("redis_everysec")))
+    hwm = [mib("tm.sidecar_ingest.rss_kb"), mib("tm.sidecar_quota.rss_kb")]
+    row("[2 hops] sidecar peak RSS during ingest, VmHWM (MiB; Redis: the local Redis)", None, None,
+        1, tm_value=hwm[0], target=f"≤ 50 ({met(hwm[0], lambda v: v <= 50)})",
+        redis_fn=lambda s: mib(s + ".sidecar_ingest.rss_kb"))
+    row("[via sidecar] sidecar peak RSS over the Reserve+Commit run, VmHWM (MiB)", None, None, 1,
+        tm_value=hwm[1], target=f"≤ 50 ({met(hwm[1], lambda v: v <= 50)})")
+    idle = [v for v in (mib("tm.sidecar_ingest.idle_rss_kb"), mib("tm.sidecar_quota.idle_rss_kb"))
+            if v is not None]
+    idle_max = max(idle) if idle else None
+    row("sidecar idle RSS, VmRSS 2 s after start (MiB; larger of two starts; Redis: local Redis)",
+        None, None, 1, tm_value=idle_max, target=f"≤ 15 ({met(idle_max, lambda v: v <= 15)})",
+        redis_fn=lambda s: mib(s + ".sidecar_ingest.idle_rss_kb"))
+    anon = [v for v in (mib("tm.sidecar_ingest.idle_anon_kb"), mib("tm.sidecar_quota.idle_anon_kb"))
+            if v is not None]
+    row("  of which anonymous, RssAnon (MiB; the rest is mapped code of the binary and libraries)",
+        None, None, 1, tm_value=max(anon) if anon else None,
+        redis_fn=lambda s: mib(s + ".sidecar_ingest.idle_anon_kb"))
 
 
 if __name__ == "__main__":
