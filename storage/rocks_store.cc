@@ -1,6 +1,10 @@
 // RocksDB implementation of Store: options built in one function, column families opened from
 // one table, every write a single WriteBatch with the sync choice visible at the call.
+#include <unistd.h>
+
 #include <array>
+#include <cstdarg>
+#include <cstdio>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -39,13 +43,36 @@ rocksdb::ColumnFamilyOptions CfOptions(Cf cf, const StoreOptions& options,
   return o;
 }
 
+// RocksDB's info log, on stderr instead of a LOG file in the data directory: a full data
+// volume must not take the logger down with it (Debian's RocksDB is built with assertions, and
+// a failed LOG append after ENOSPC aborts the process). Warnings and above only.
+class StderrLogger final : public rocksdb::Logger {
+ public:
+  StderrLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    char buf[1024];
+    const int n = vsnprintf(buf, sizeof(buf), format, ap);
+    if (n < 0) return;
+    std::string line = "level=warn component=rocksdb msg=\"";
+    for (const char* p = buf; *p != '\0'; ++p) {
+      line.push_back(*p == '"' ? '\'' : (*p == '\n' ? ' ' : *p));
+    }
+    line += "\"\n";
+    [[maybe_unused]] ssize_t w = write(STDERR_FILENO, line.data(), line.size());
+  }
+};
+
 rocksdb::DBOptions DbOptions(const StoreOptions& options,
                              std::shared_ptr<rocksdb::SstFileManager> sst_manager) {
   rocksdb::DBOptions o;
   o.create_if_missing = true;
   o.create_missing_column_families = true;
   o.max_background_jobs = 2;
-  o.keep_log_file_num = 5;
+  o.info_log = std::make_shared<StderrLogger>();
+  // Only with a disk budget: an SstFileManager also makes RocksDB wait, after a full disk, for
+  // free space >= the largest write buffer (64 MiB) before it accepts writes again. Without
+  // it, the next write after space was freed resumes the database (RocksStore::Write).
   o.sst_file_manager = std::move(sst_manager);
   return o;
 }
@@ -189,9 +216,11 @@ void WriteSet::Delete(Cf cf, std::string key) {
 }
 
 absl::StatusOr<std::unique_ptr<Store>> OpenRocksStore(const StoreOptions& options) {
-  std::shared_ptr<rocksdb::SstFileManager> sst_manager(
-      rocksdb::NewSstFileManager(rocksdb::Env::Default()));
-  if (options.max_disk_bytes > 0) sst_manager->SetMaxAllowedSpaceUsage(options.max_disk_bytes);
+  std::shared_ptr<rocksdb::SstFileManager> sst_manager;
+  if (options.max_disk_bytes > 0) {
+    sst_manager.reset(rocksdb::NewSstFileManager(rocksdb::Env::Default()));
+    sst_manager->SetMaxAllowedSpaceUsage(options.max_disk_bytes);
+  }
   const auto cache = rocksdb::NewLRUCache(options.block_cache_bytes);
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
   for (int i = 0; i < kNumCfs; ++i) {
