@@ -5,6 +5,8 @@
 #include <array>
 #include <cstdarg>
 #include <cstdio>
+#include <filesystem>
+#include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -216,6 +218,12 @@ void WriteSet::Delete(Cf cf, std::string key) {
 }
 
 absl::StatusOr<std::unique_ptr<Store>> OpenRocksStore(const StoreOptions& options) {
+  std::error_code mkdir_error;
+  std::filesystem::create_directories(options.path, mkdir_error);  // RocksDB makes one level.
+  if (mkdir_error) {
+    return absl::UnavailableError(
+        absl::StrCat("create ", options.path, ": ", mkdir_error.message()));
+  }
   std::shared_ptr<rocksdb::SstFileManager> sst_manager;
   if (options.max_disk_bytes > 0) {
     sst_manager.reset(rocksdb::NewSstFileManager(rocksdb::Env::Default()));

@@ -15,6 +15,7 @@
 #include "services/aggregator/server.h"
 #include "services/common/clock.h"
 #include "services/common/log.h"
+#include "services/common/stop_signals.h"
 
 namespace {
 
@@ -125,11 +126,7 @@ int main(int argc, char** argv) {
                               tokenmeter::common::LogLevel::kInfo);
 
   // Block the stop signals in every thread; main() waits for them synchronously.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  tokenmeter::common::BlockStopSignals();
 
   auto server = tokenmeter::aggregator::AggregatorServer::Start(
       options, tokenmeter::common::RealClock::Get());
@@ -138,10 +135,7 @@ int main(int argc, char** argv) {
                             {{"error", server.status().ToString()}});
     return 1;
   }
-  int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
-  tokenmeter::common::Log(tokenmeter::common::LogLevel::kInfo, "draining",
-                          {{"signal", absl::StrCat(signal_number)}});
+  tokenmeter::common::WaitForStopSignal();
   (*server)->Shutdown(absl::Seconds(drain_seconds));
   return 0;
 }

@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <random>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -81,6 +83,12 @@ absl::Status LocalQueue::Load(const QueueOptions& options) {
   o.max_background_jobs = 1;
   o.keep_log_file_num = 3;
   o.write_buffer_size = 16 << 20;
+  std::error_code mkdir_error;
+  std::filesystem::create_directories(options.path, mkdir_error);  // RocksDB makes one level.
+  if (mkdir_error) {
+    return absl::UnavailableError(
+        absl::StrCat("create ", options.path, ": ", mkdir_error.message()));
+  }
   rocksdb::DB* raw = nullptr;
   if (auto s = rocksdb::DB::Open(o, options.path, &raw); !s.ok()) {
     return FromRocksStatus(s, absl::StrCat("open queue ", options.path));

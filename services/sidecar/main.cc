@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "services/common/log.h"
+#include "services/common/stop_signals.h"
 #include "services/sidecar/sidecar_server.h"
 
 int main(int argc, char** argv) {
@@ -67,21 +68,14 @@ int main(int argc, char** argv) {
                                      ? tokenmeter::aggregator::FailureMode::kClosed
                                      : tokenmeter::aggregator::FailureMode::kOpen;
 
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  tokenmeter::common::BlockStopSignals();
   auto server = tokenmeter::sidecar::SidecarServer::Start(options);
   if (!server.ok()) {
     tokenmeter::common::Log(tokenmeter::common::LogLevel::kError, "cannot start sidecar",
                             {{"error", server.status().ToString()}});
     return 1;
   }
-  int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
-  tokenmeter::common::Log(tokenmeter::common::LogLevel::kInfo, "draining",
-                          {{"signal", absl::StrCat(signal_number)}});
+  tokenmeter::common::WaitForStopSignal();
   (*server)->Shutdown(absl::Seconds(drain_seconds));
   return 0;
 }
