@@ -164,6 +164,16 @@ TEST_F(RocksStoreTest, RetentionDropsExpiredBucketsAndDedupKeysOnCompaction) {
   EXPECT_TRUE(get(Cf::kDedup, "forever"));
 }
 
+TEST_F(RocksStoreTest, OpensADataDirectoryUnderMissingParents) {
+  StoreOptions options;
+  options.path = (dir_ / "missing" / "parents" / "shard-0").string();
+  auto store = OpenRocksStore(options);
+  ASSERT_TRUE(store.ok()) << store.status();
+  WriteSet w;
+  w.Put(Cf::kMeta, "k", "v");
+  EXPECT_TRUE((*store)->Write(w).ok());
+}
+
 TEST_F(RocksStoreTest, ExpiryEncodingRoundTrips) {
   const absl::Time t = absl::FromUnixSeconds(1'800'000'123);
   EXPECT_EQ(DecodeExpiry(EncodeExpiry(t)), t);
