@@ -16,6 +16,12 @@ bool Unreachable(const grpc::Status& s) {
          s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
 }
 
+// A local storage error answers UNAVAILABLE: the caller retries with the same ids.
+grpc::Status OkOrUnavailable(const absl::Status& s) {
+  return s.ok() ? grpc::Status::OK
+                : grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(s.message()));
+}
+
 std::shared_ptr<grpc::ClientContext> ContextWithDeadline(absl::Duration d) {
   auto context = std::make_shared<grpc::ClientContext>();
   context->set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(d));
@@ -198,9 +204,7 @@ grpc::ServerUnaryReactor* QuotaProxy::Reserve(grpc::CallbackServerContext* conte
           const absl::Status stored =
               queue_->PutFallbackReservation(request->scope().tenant(), request->reservation_id(),
                                              request->scope().SerializeAsString());
-          reactor->Finish(stored.ok() ? grpc::Status::OK
-                                      : grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                                     std::string(stored.message())));
+          reactor->Finish(OkOrUnavailable(stored));
         });
       });
   return reactor;
@@ -224,10 +228,7 @@ grpc::ServerUnaryReactor* QuotaProxy::Commit(grpc::CallbackServerContext* contex
               response->Clear();
               response->set_queued(true);
             }
-            reactor->Finish(
-                !c.ok()     ? grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(c.message()))
-                : converted ? grpc::Status::OK
-                            : s);
+            reactor->Finish(!c.ok() || converted ? OkOrUnavailable(c) : s);
           });
           return;
         }
@@ -235,15 +236,9 @@ grpc::ServerUnaryReactor* QuotaProxy::Commit(grpc::CallbackServerContext* contex
           reactor->Finish(s);
           return;
         }
-        pool_->Submit([=, this] {  // The deferred write fsyncs: not on a gRPC thread.
-          const absl::Status stored =
-              queue_->AddDeferred(kDeferredCommit, request->SerializeAsString());
-          counters_.deferred.fetch_add(1, std::memory_order_relaxed);
+        Defer(reactor, kDeferredCommit, request->SerializeAsString(), [response](bool stored) {
           response->Clear();
-          response->set_queued(stored.ok());
-          reactor->Finish(stored.ok() ? grpc::Status::OK
-                                      : grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                                     std::string(stored.message())));
+          response->set_queued(stored);
         });
       });
   return reactor;
@@ -276,17 +271,20 @@ grpc::ServerUnaryReactor* QuotaProxy::Release(grpc::CallbackServerContext* conte
           reactor->Finish(s);
           return;
         }
-        pool_->Submit([=, this] {
-          const absl::Status stored =
-              queue_->AddDeferred(kDeferredRelease, request->SerializeAsString());
-          counters_.deferred.fetch_add(1, std::memory_order_relaxed);
-          response->Clear();
-          reactor->Finish(stored.ok() ? grpc::Status::OK
-                                      : grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                                     std::string(stored.message())));
-        });
+        Defer(reactor, kDeferredRelease, request->SerializeAsString(),
+              [response](bool) { response->Clear(); });
       });
   return reactor;
+}
+
+void QuotaProxy::Defer(grpc::ServerUnaryReactor* reactor, uint8_t kind, std::string payload,
+                       std::function<void(bool stored)> fill_response) {
+  pool_->Submit([=, this] {  // The deferred write fsyncs: not on a gRPC thread.
+    const absl::Status stored = queue_->AddDeferred(kind, payload);
+    counters_.deferred.fetch_add(1, std::memory_order_relaxed);
+    fill_response(stored.ok());
+    reactor->Finish(OkOrUnavailable(stored));
+  });
 }
 
 DeferredCallRetrier::DeferredCallRetrier(const ShardChannels* shards, LocalQueue* queue,

@@ -11,6 +11,7 @@
 #define TOKENMETER_SERVICES_SIDECAR_QUOTA_PROXY_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -102,6 +103,10 @@ class QuotaProxy final : public v1::QuotaService::CallbackService {
   // A deadline for a forwarded call: ours, but never past the caller's (minus a margin for
   // answering from the fallback).
   std::shared_ptr<grpc::ClientContext> ForwardContext(const grpc::CallbackServerContext* caller);
+  // Stores a Commit/Release for later delivery (on a worker: it fsyncs), lets `fill_response`
+  // set the answer, and finishes the call (UNAVAILABLE if it could not be stored).
+  void Defer(grpc::ServerUnaryReactor* reactor, uint8_t kind, std::string payload,
+             std::function<void(bool stored)> fill_response);
   v1::QuotaService::Stub* StubFor(const std::string& tenant, int* shard);
 
   const ShardChannels* const shards_;
